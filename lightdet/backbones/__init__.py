@@ -1,0 +1,84 @@
+"""The backbone registry: variant name -> constructor, plus one alias per family for its default variant.
+
+Every backbone returns [P3, P4, P5] (strides 8, 16, 32) and exposes `out_channels` (DESIGN.md). Adding a
+family is one file in this folder and its lines in `BACKBONES`.
+"""
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .cspdarknet import cspdarknet_l, cspdarknet_m, cspdarknet_n, cspdarknet_s, cspdarknet_x
+
+BACKBONES = {
+    "cspdarknet": cspdarknet_n,  # build_model("cspdarknet", scale=s) picks the variant of its own scale
+    "cspdarknet_n": cspdarknet_n,
+    "cspdarknet_s": cspdarknet_s,
+    "cspdarknet_m": cspdarknet_m,
+    "cspdarknet_l": cspdarknet_l,
+    "cspdarknet_x": cspdarknet_x,
+}
+
+
+def build_backbone(name, **kwargs):
+    """Build a registered backbone by name; an unknown name raises a KeyError listing the valid ones."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](**kwargs)
+
+
+# Containers that published checkpoints wrap their weights in (timm/torchvision: plain; RepViT: "model";
+# EMO: "net"/"net_E"; many trainers: "state_dict").
+CHECKPOINT_CONTAINERS = ("state_dict", "model", "net_E", "net")
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` matched: key lists, each sorted."""
+    matched: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)   # "key: checkpoint shape vs model shape"
+
+    def __str__(self):
+        return (f"matched {len(self.matched)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
+                f"shape-mismatched {len(self.mismatched)}")
+
+
+def load_pretrained(backbone, path_or_state_dict):
+    """Load a reference checkpoint (timm naming; the official naming for EMO) into a lightdet backbone.
+
+    The family's `convert_state_dict` renames the keys (and drops classifier-only ones). Any key still
+    missing, unexpected or of the wrong shape raises a ValueError that lists it; nothing is loaded then.
+    Returns a `LoadReport`.
+    """
+    state_dict = path_or_state_dict
+    if not isinstance(state_dict, dict):
+        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    for container in CHECKPOINT_CONTAINERS:
+        if isinstance(state_dict.get(container), dict):
+            state_dict = state_dict[container]
+            break
+    family = importlib.import_module(type(backbone).__module__)
+    if not hasattr(family, "convert_state_dict"):
+        raise ValueError(f"{type(backbone).__name__} has no reference checkpoint converter ({family.__name__})")
+    converted = family.convert_state_dict(state_dict)
+
+    own = backbone.state_dict()
+    report = LoadReport(
+        missing=sorted(set(own) - set(converted)),
+        unexpected=sorted(set(converted) - set(own)),
+    )
+    for key in sorted(set(own) & set(converted)):
+        if own[key].shape == converted[key].shape:
+            report.matched.append(key)
+        else:
+            report.mismatched.append(f"{key}: {tuple(converted[key].shape)} vs {tuple(own[key].shape)}")
+    if report.missing or report.unexpected or report.mismatched:
+        problems = "\n".join(
+            f"  {kind}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+            for kind, keys in (("missing", report.missing), ("unexpected", report.unexpected),
+                               ("shape-mismatched", report.mismatched)) if keys)
+        raise ValueError(f"cannot load weights into {type(backbone).__name__} ({report}):\n{problems}")
+    backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()})
+    return report

@@ -1,0 +1,145 @@
+"""Building blocks shared by every part of lightdet, each written once.
+
+`ConvBNAct`, `SqueezeExcite`, `DropPath` and `make_divisible` serve all backbones; `Bottleneck`, `C3` and
+`SPPF` are YOLOv5's blocks (ultralytics/yolov5 v6, `models/common.py`), used by CSPDarknet and the PAN neck.
+YOLOv5's blocks keep YOLOv5's attribute names (`cv1`, `cv2`, `cv3`, `m`) so that official weights map onto
+them by layer index alone.
+"""
+import torch
+from torch import nn
+
+
+def make_divisible(value, divisor=8, min_value=None, round_limit=0.9):
+    """Round a channel count to the nearest multiple of `divisor`, never dropping below `round_limit` of it.
+
+    The rule of the MobileNet family (and timm); YOLOv5's widths are already multiples of 8 at every scale.
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+def fuse_conv_bn(conv, bn):
+    """Fold an eval-mode BatchNorm into the convolution before it; returns a new conv with a bias.
+
+    y = γ·(Wx + b − μ)/√(σ² + ε) + β  =  (γ/√(σ² + ε))·W x + (β + γ·(b − μ)/√(σ² + ε)).
+    """
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+    return fused.to(conv.weight.device)
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (no bias) → BatchNorm → activation; YOLOv5's `Conv`, with its BatchNorm settings as defaults.
+
+    `act` is an activation class (`nn.SiLU`, `nn.ReLU`, `nn.Hardswish`, ...) or None for a linear output.
+    Padding defaults to 'same' for odd kernels and k//2 otherwise (YOLOv5's k6 s2 p2 stem).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=None, groups=1,
+                 act=nn.SiLU, bn_eps=1e-3, bn_momentum=0.03):
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.act = act() if act is not None else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fuse(self):
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-Excitation (Hu et al., CVPR 2018, arXiv:1709.01507): global pool → 1×1 reduce → act →
+    1×1 expand → gate, multiplied onto the input. MobileNetV3 and RepViT use a hard-sigmoid or sigmoid gate."""
+
+    def __init__(self, channels, reduced_channels, act=nn.ReLU, gate=nn.Sigmoid):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced_channels, 1)
+        self.act = act()
+        self.expand = nn.Conv2d(reduced_channels, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x):
+        weights = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.act(self.reduce(weights))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., ECCV 2016): drop a residual branch per sample while training."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Bottleneck(nn.Module):
+    """YOLOv5 bottleneck: 1×1 conv → 3×3 conv, plus the input when `shortcut` and the widths agree."""
+
+    def __init__(self, in_channels, out_channels, shortcut=True, expansion=1.0):
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.cv1 = ConvBNAct(in_channels, hidden, 1)
+        self.cv2 = ConvBNAct(hidden, out_channels, 3)
+        self.add = shortcut and in_channels == out_channels
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C3(nn.Module):
+    """YOLOv5's CSP bottleneck with 3 convolutions (CSPNet, Wang et al., CVPRW 2020, arXiv:1911.11929).
+
+    The input splits into two 1×1 branches of half width: one runs `depth` bottlenecks, the other skips them;
+    a third 1×1 conv merges the concatenation. Half the channels skip the deep path, which cuts compute and
+    keeps gradients flowing.
+    """
+
+    def __init__(self, in_channels, out_channels, depth=1, shortcut=True):
+        super().__init__()
+        hidden = out_channels // 2
+        self.cv1 = ConvBNAct(in_channels, hidden, 1)
+        self.cv2 = ConvBNAct(in_channels, hidden, 1)
+        self.cv3 = ConvBNAct(2 * hidden, out_channels, 1)
+        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut) for _ in range(depth)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast (YOLOv5 v6): three chained 5×5 max-pools see 5×5, 9×9 and 13×13 windows,
+    the same outputs as SPP's parallel 5/9/13 pools at a fraction of the cost."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=5):
+        super().__init__()
+        hidden = in_channels // 2
+        self.cv1 = ConvBNAct(in_channels, hidden, 1)
+        self.cv2 = ConvBNAct(hidden * 4, out_channels, 1)
+        self.m = nn.MaxPool2d(kernel_size, stride=1, padding=kernel_size // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), dim=1))
