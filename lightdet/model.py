@@ -1,0 +1,157 @@
+"""The detector: a backbone, the PAN neck and the anchor head, composed in Python.
+
+`build_model("cspdarknet", scale="n")` is YOLOv5n v6 exactly (1,872,157 parameters at 80 classes); any other
+registered backbone gets the same neck and head at the chosen scale.
+"""
+import re
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .backbones import build_backbone
+from .backbones.cspdarknet import SCALES
+from .checkpoint import load_checkpoint
+from .heads.anchor import DEFAULT_ANCHORS, AnchorHead
+from .necks.pan import PAN
+
+
+def check_backbone(backbone, name):
+    """Run a dummy rectangular image through `backbone` and check the DESIGN.md contract; raise naming the shapes."""
+    channels = tuple(getattr(backbone, "out_channels", ()))
+    if len(channels) != 3:
+        raise TypeError(f"backbone {name!r} must expose out_channels as three ints (P3, P4, P5), got {channels!r}")
+    height, width = 64, 96
+    was_training = backbone.training
+    backbone.eval()   # eval mode: the check must not move BatchNorm statistics
+    try:
+        with torch.no_grad():
+            param = next(backbone.parameters(), None)
+            device = param.device if param is not None else "cpu"
+            features = backbone(torch.zeros(1, 3, height, width, device=device))
+    finally:
+        backbone.train(was_training)
+    expected = [(1, c, height // s, width // s) for c, s in zip(channels, (8, 16, 32))]
+    actual = [tuple(f.shape) for f in features] if isinstance(features, (list, tuple)) else [type(features)]
+    if actual != expected:
+        raise ValueError(f"backbone {name!r} breaks the backbone contract on a 1×3×{height}×{width} input: "
+                         f"expected [P3, P4, P5] of shapes {expected}, got {actual}")
+
+
+class Detector(nn.Module):
+    """Detector(backbone, neck, head): images (B, 3, H, W) RGB 0..1 -> the head's output (see AnchorHead)."""
+
+    def __init__(self, backbone, neck, head, config=None):
+        super().__init__()
+        check_backbone(backbone, (config or {}).get("backbone", type(backbone).__name__))
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        self.config = dict(config or {})   # build_model's arguments: a checkpoint rebuilds the model from it
+
+    def forward(self, images):
+        return self.head(self.neck(self.backbone(images)))
+
+    @torch.no_grad()
+    def fuse(self):
+        """Fold every BatchNorm into its convolution and merge re-parameterisable branches, for inference.
+
+        Each fusable module fuses only its own parts; walking parents before children covers the whole model.
+        Use the fused model in eval mode only: it has no BatchNorm statistics left to train.
+        """
+        for module in list(self.modules()):
+            if module is not self and callable(getattr(module, "fuse", None)):
+                module.fuse()
+        return self
+
+    @classmethod
+    def from_checkpoint(cls, path, weights="ema", map_location="cpu"):
+        """Rebuild a model from a lightdet checkpoint alone; `weights` picks "ema" (when saved) or "model"."""
+        checkpoint = load_checkpoint(path, map_location)
+        model = build_model(**checkpoint["config"])
+        state = checkpoint.get(weights) or checkpoint["model"]
+        model.load_state_dict(state)
+        model.names = list(checkpoint.get("names") or [str(i) for i in range(model.head.num_classes)])
+        return model
+
+
+def build_model(backbone="cspdarknet", num_classes=80, scale="n", anchors=DEFAULT_ANCHORS, **backbone_kwargs):
+    """Build a detector. `backbone` is a registry name (`lightdet.backbones.BACKBONES`); `scale` (n/s/m/l/x)
+    sets the neck's width and depth, and for the plain name "cspdarknet" the backbone's too (YOLOv5<scale>)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    depth, width = SCALES[scale]
+    body = build_backbone(f"cspdarknet_{scale}" if backbone == "cspdarknet" else backbone, **backbone_kwargs)
+    neck = PAN(body.out_channels, width=width, depth=depth)
+    head = AnchorHead(num_classes, neck.out_channels, anchors)
+    config = dict(backbone=backbone, num_classes=num_classes, scale=scale,
+                  anchors=[[list(map(float, a)) for a in level] for level in anchors], **backbone_kwargs)
+    return Detector(body, neck, head, config)
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def model_info(model, imgsz=640):
+    """Parameters and GFLOPs of one forward pass at `imgsz` (int or (h, w)), batch 1, eval mode.
+
+    GFLOPs = 2 × multiply-accumulates of convolutions and matrix products, counted by PyTorch's
+    FlopCounterMode (YOLOv5's README counts the same way); attention through
+    `scaled_dot_product_attention` is counted too (PyTorch does not count its CPU kernel by itself).
+    """
+    height, width = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops})
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, height, width, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+    return {"params": sum(p.numel() for p in model.parameters()), "gflops": counter.get_total_flops() / 1e9}
+
+
+# ultralytics/yolov5 v6 layer index (models/yolov5*.yaml) -> lightdet module path.
+YOLOV5_LAYERS = {
+    0: "backbone.stem",
+    1: "backbone.stages.0.0", 2: "backbone.stages.0.1",
+    3: "backbone.stages.1.0", 4: "backbone.stages.1.1",
+    5: "backbone.stages.2.0", 6: "backbone.stages.2.1",
+    7: "backbone.stages.3.0", 8: "backbone.stages.3.1",
+    9: "neck.sppf", 10: "neck.lateral_p5", 13: "neck.top_down_p4", 14: "neck.lateral_p4",
+    17: "neck.out_p3", 18: "neck.down_p3", 20: "neck.out_p4", 21: "neck.down_p4", 23: "neck.out_p5",
+}
+YOLOV5_DETECT = 24
+
+
+def convert_yolov5_state_dict(state_dict, strides=(8, 16, 32)):
+    """Map an ultralytics YOLOv5 v6+ state_dict (`model.N.…` keys) onto `build_model("cspdarknet", scale=…)`.
+
+    The official yolov5{n,s,m,l,x}.pt files pickle the whole model; extract a plain state_dict once, inside a
+    clone of ultralytics/yolov5 (their classes must be importable to unpickle):
+        torch.save(torch.load("yolov5s.pt", weights_only=False)["model"].float().state_dict(), "yolov5s_sd.pt")
+    Anchors are stored in grid units there and in pixels here. Any key that has no place raises a KeyError.
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        match = re.fullmatch(r"model\.(\d+)\.(.+)", key)
+        index, rest = (int(match.group(1)), match.group(2)) if match else (None, key)
+        if index in YOLOV5_LAYERS:
+            converted[f"{YOLOV5_LAYERS[index]}.{rest}"] = value
+        elif index == YOLOV5_DETECT and rest == "anchors":
+            converted["head.anchors"] = value.float() * torch.tensor(strides, dtype=torch.float32).view(-1, 1, 1)
+        elif index == YOLOV5_DETECT and rest.startswith("m."):
+            converted[f"head.pred.{rest[2:]}"] = value
+        elif index == YOLOV5_DETECT and rest == "anchor_grid":
+            continue   # YOLOv5 < 6 saved this derived copy of the anchors
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(f"not a YOLOv5 v6 detector state_dict; no place for: {', '.join(unknown[:10])}"
+                       f"{' ...' if len(unknown) > 10 else ''}")
+    return converted
