@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cspdarknet import cspdarknet_l, cspdarknet_m, cspdarknet_n, cspdarknet_s, cspdarknet_x
+from .repvit import repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3
 
 BACKBONES = {
     "cspdarknet": cspdarknet_n,  # build_model("cspdarknet", scale=s) picks the variant of its own scale
@@ -17,6 +18,12 @@ BACKBONES = {
     "cspdarknet_m": cspdarknet_m,
     "cspdarknet_l": cspdarknet_l,
     "cspdarknet_x": cspdarknet_x,
+    "repvit": repvit_m0_9,
+    "repvit_m0_9": repvit_m0_9,
+    "repvit_m1_0": repvit_m1_0,
+    "repvit_m1_1": repvit_m1_1,
+    "repvit_m1_5": repvit_m1_5,
+    "repvit_m2_3": repvit_m2_3,
 }
 
 
