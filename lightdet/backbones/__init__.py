@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cspdarknet import cspdarknet_l, cspdarknet_m, cspdarknet_n, cspdarknet_s, cspdarknet_x
+from .mobilenetv3 import mobilenetv3_large, mobilenetv3_small
 from .repvit import repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3
 
 BACKBONES = {
@@ -18,6 +19,9 @@ BACKBONES = {
     "cspdarknet_m": cspdarknet_m,
     "cspdarknet_l": cspdarknet_l,
     "cspdarknet_x": cspdarknet_x,
+    "mobilenetv3": mobilenetv3_large,
+    "mobilenetv3_large": mobilenetv3_large,
+    "mobilenetv3_small": mobilenetv3_small,
     "repvit": repvit_m0_9,
     "repvit_m0_9": repvit_m0_9,
     "repvit_m1_0": repvit_m1_0,
