@@ -1,0 +1,142 @@
+"""EMO: the official-code fixture (both namings and wrappers), exact sizes, shapes, gradients, fusion, windows."""
+import pytest
+import torch
+from torch import nn
+
+from conftest import load_fixture
+from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
+from lightdet.backbones.emo import VARIANTS, emo_1m, from_windows, iRMB, to_windows
+
+# Official EMO feature extractors (classifier, pre-head and final norm removed), counted with the official code.
+PARAMS = {"emo_1m": 1_191_832, "emo_2m": 2_176_072, "emo_5m": 4_819_272, "emo_6m": 5_846_856}
+CHANNELS = {"emo_1m": (48, 80, 168), "emo_2m": (48, 120, 200), "emo_5m": (72, 160, 288), "emo_6m": (72, 160, 320)}
+SIZES = [(64, 64), (64, 96), (96, 160)]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_fixture("backbones", "EMO_1M.pt")
+
+
+@pytest.fixture(scope="module")
+def loaded(reference):
+    model = emo_1m().eval()
+    load_pretrained(model, reference["state_dict"])
+    return model
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_reproduces(model, reference, rel=1e-4):
+    for images, expected in zip(reference["inputs"], reference["outputs"]):
+        with torch.no_grad():
+            maps = model(images.float())
+        assert len(maps) == len(expected) == 3
+        for out, ref in zip(maps, expected):
+            assert out.shape == ref.shape
+            assert (out - ref).abs().max() <= rel * ref.abs().max()
+
+
+def fuse_all(model):
+    """What Detector.fuse() does: every module's own fuse(), parents before children."""
+    for module in list(model.modules()):
+        if hasattr(module, "fuse"):
+            module.fuse()
+    return model
+
+
+def test_registry_and_alias():
+    assert BACKBONES["emo"] is emo_1m
+    assert set(VARIANTS) <= set(BACKBONES)
+
+
+def test_fixture_reproduced(reference, loaded):
+    assert reference["reference"] == "emo:EMO_1M"
+    assert count(loaded) == reference["num_params"]
+    assert loaded.out_channels == tuple(reference["channels"])
+    # Input 0 is 256x320: the stride-16/32 maps (16x20, 8x10) are padded to the 7x7 window grid.
+    assert_reproduces(loaded, reference)
+
+
+def test_checkpoint_wrappers_and_classifier_keys(reference, loaded):
+    """Published checkpoints: `net` / `net_E` wrappers, DDP `module.` prefix, classifier and final norm."""
+    state_dict = {f"module.{k}": v for k, v in reference["state_dict"].items()}
+    state_dict.update({"module.norm.weight": torch.ones(168), "module.norm.bias": torch.zeros(168),
+                       "module.head.weight": torch.zeros(1000, 168), "module.head.bias": torch.zeros(1000)})
+    expected = loaded.state_dict()
+    for wrapper in ("net", "net_E"):
+        model = emo_1m()
+        report = load_pretrained(model, {wrapper: state_dict})
+        assert len(report.matched) == len(expected)
+        assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_missing_key_is_an_error(reference):
+    state_dict = dict(reference["state_dict"])
+    del state_dict["stage3.1.qk.conv.weight"]
+    with pytest.raises(ValueError, match="missing"):
+        load_pretrained(emo_1m(), state_dict)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_count_and_channels(name):
+    model = build_backbone(name)
+    assert count(model) == PARAMS[name]
+    assert model.out_channels == CHANNELS[name]
+
+
+@pytest.mark.parametrize("name", ["emo_1m", "emo_5m"])
+def test_forward_shapes(name):
+    model = build_backbone(name).eval()
+    for height, width in SIZES:
+        with torch.no_grad():
+            maps = model(torch.rand(1, 3, height, width))
+        assert [m.shape for m in maps] == [(1, c, height // s, width // s)
+                                           for c, s in zip(model.out_channels, (8, 16, 32))]
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    model = emo_1m().train()
+    maps = model(torch.rand(2, 3, 64, 96))
+    sum(m.pow(2).mean() for m in maps).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_fuse_matches_and_leaves_no_batchnorm(loaded):
+    fused = emo_1m().eval()
+    fused.load_state_dict(loaded.state_dict())
+    fuse_all(fused)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert count(fused) < count(loaded)
+    images = torch.rand(1, 3, 96, 160)
+    with torch.no_grad():
+        for out, ref in zip(fused(images), loaded(images)):
+            assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_windows_are_a_strided_grid():
+    """Window (a, b) holds pixels (i*n1 + a, j*n2 + b); from_windows inverts to_windows."""
+    ws, heads, H, W = 7, 2, 14, 21
+    x = torch.arange(2 * 4 * H * W, dtype=torch.float32).view(2, 4, H, W)
+    windows = to_windows(x, heads, ws)                       # [2*2*3, heads, 49, 2]
+    n1, n2 = H // ws, W // ws
+    assert windows.shape == (2 * n1 * n2, heads, ws * ws, 2)
+    batch, a, b = 1, 1, 2
+    window = windows[(batch * n1 + a) * n2 + b]              # [heads, 49, d]
+    pixels = x[batch, :, a::n1, b::n2]                       # [C, ws, ws]
+    assert torch.equal(window.permute(0, 2, 1).reshape(4, ws, ws), pixels)
+    assert torch.equal(from_windows(windows, H, W), x)
+
+
+def test_irmb_attention_block_for_necks():
+    block = iRMB(64, 64, attn=True, dim_head=16).eval()
+    x = torch.rand(2, 64, 20, 12)
+    with torch.no_grad():
+        assert block(x).shape == x.shape
+    with pytest.raises(ValueError):
+        iRMB(64, 64, norm="bn", attn=True)
