@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cspdarknet import cspdarknet_l, cspdarknet_m, cspdarknet_n, cspdarknet_s, cspdarknet_x
+from .efficientvit import efficientvit_b0, efficientvit_b1, efficientvit_b2, efficientvit_b3
 from .emo import emo_1m, emo_2m, emo_5m, emo_6m
 from .mobilenetv3 import mobilenetv3_large, mobilenetv3_small
 from .repvit import repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3
@@ -20,6 +21,11 @@ BACKBONES = {
     "cspdarknet_m": cspdarknet_m,
     "cspdarknet_l": cspdarknet_l,
     "cspdarknet_x": cspdarknet_x,
+    "efficientvit": efficientvit_b0,
+    "efficientvit_b0": efficientvit_b0,
+    "efficientvit_b1": efficientvit_b1,
+    "efficientvit_b2": efficientvit_b2,
+    "efficientvit_b3": efficientvit_b3,
     "emo": emo_1m,
     "emo_1m": emo_1m,
     "emo_2m": emo_2m,
