@@ -12,6 +12,7 @@ from .cspdarknet import cspdarknet_l, cspdarknet_m, cspdarknet_n, cspdarknet_s, 
 from .efficientvit import efficientvit_b0, efficientvit_b1, efficientvit_b2, efficientvit_b3
 from .emo import emo_1m, emo_2m, emo_5m, emo_6m
 from .mobilenetv3 import mobilenetv3_large, mobilenetv3_small
+from .mobilevit import mobilevit_s, mobilevit_xs, mobilevit_xxs
 from .repvit import repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3
 
 BACKBONES = {
@@ -34,6 +35,10 @@ BACKBONES = {
     "mobilenetv3": mobilenetv3_large,
     "mobilenetv3_large": mobilenetv3_large,
     "mobilenetv3_small": mobilenetv3_small,
+    "mobilevit": mobilevit_xxs,
+    "mobilevit_xxs": mobilevit_xxs,
+    "mobilevit_xs": mobilevit_xs,
+    "mobilevit_s": mobilevit_s,
     "repvit": repvit_m0_9,
     "repvit_m0_9": repvit_m0_9,
     "repvit_m1_0": repvit_m1_0,

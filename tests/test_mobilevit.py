@@ -1,0 +1,140 @@
+"""MobileViT: the timm reference fixture under both checkpoint namings, exact sizes, any input size, gradients,
+fusion."""
+import pytest
+import torch
+from torch import nn
+
+from conftest import load_fixture
+from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
+from lightdet.backbones.mobilevit import MobileViTBlock, mobilevit_xxs
+
+# timm 1.0 feature extractors without the classifier's 1×1 `final_conv` (xxs: the fixture's num_params 951,024
+# minus final_conv's 320·80 + 2·320 = 26,240).
+PARAMS = {"mobilevit_xxs": 924_784, "mobilevit_xs": 1_895_216, "mobilevit_s": 4_833_952}
+CHANNELS = {"mobilevit_xxs": (48, 64, 80), "mobilevit_xs": (64, 80, 96), "mobilevit_s": (96, 128, 160)}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_fixture("backbones", "mobilevit_xxs.pt")
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def loaded(state_dict):
+    model = mobilevit_xxs().eval()
+    load_pretrained(model, state_dict)
+    return model
+
+
+def assert_reproduces(model, reference, rel=1e-4):
+    # lightdet's stride-32 tap is stage 4's 80-channel output, not timm's 320-channel classifier conv.
+    for i, images in enumerate(reference["inputs"]):
+        expected = [*reference["outputs"][i][:2], reference["extra_outputs"][i]["stages.4"]]
+        with torch.no_grad():
+            maps = model(images.float())
+        assert len(maps) == 3
+        for out, ref in zip(maps, expected):
+            assert out.shape == ref.shape
+            assert (out - ref).abs().max() <= rel * ref.abs().max()
+
+
+def test_registry_and_alias():
+    assert BACKBONES["mobilevit"] is mobilevit_xxs
+    assert set(PARAMS) <= set(BACKBONES)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_count_matches_timm(name):
+    model = build_backbone(name)
+    assert count(model) == PARAMS[name]
+    assert model.out_channels == CHANNELS[name]
+
+
+def test_reproduces_timm_features_only(reference):
+    # The 224 input gives a 7×7 stride-32 map: the MobileViT block resizes it to 8×8 and back.
+    assert {i.shape[-1] for i in reference["inputs"]} == {224, 320}
+    model = loaded(reference["state_dict"])
+    assert count(model) + 320 * 80 + 2 * 320 == reference["num_params"]
+    assert_reproduces(model, reference)
+
+
+def test_reproduces_timm_classification_checkpoint(reference):
+    state = {reference["cls_key_map"][k]: v for k, v in reference["state_dict"].items()}
+    assert not any(k.startswith("stages_") for k in state) and "final_conv.conv.weight" in state
+    state.update({"head.fc.weight": torch.zeros(1000, 320), "head.fc.bias": torch.zeros(1000)})
+    assert_reproduces(loaded({"state_dict": state}), reference)
+
+
+def test_strict_loading_rejects_missing_and_unknown_keys(reference):
+    state = dict(reference["state_dict"])
+    state["stages_3.1.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unexpected"):
+        loaded(state)
+    state = dict(reference["state_dict"])
+    del state["stages_3.1.transformer.2.attn.qkv.bias"]
+    with pytest.raises(ValueError, match="missing"):
+        loaded(state)
+
+
+# 96×160: the stride-32 map is 3×5, odd both ways, so the patch resize runs on a rectangle.
+@pytest.mark.parametrize("name", list(PARAMS))
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 96), (96, 160)])
+def test_three_maps_at_strides_8_16_32(name, height, width):
+    model = build_backbone(name).eval()
+    with torch.no_grad():
+        maps = model(torch.rand(1, 3, height, width))
+    assert len(maps) == 3
+    for out, channels, stride in zip(maps, CHANNELS[name], (8, 16, 32)):
+        assert out.shape == (1, channels, height // stride, width // stride)
+        assert torch.isfinite(out).all()
+        assert out.is_contiguous()   # channels-last inside, the caller's layout outside
+
+
+def test_channels_last_input_gives_channels_last_maps_with_the_same_values():
+    model = mobilevit_xxs().eval()
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(images)
+        maps = model(images.contiguous(memory_format=torch.channels_last))
+    for out, ref in zip(maps, expected):
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_odd_maps_are_resized_to_whole_patches_and_back():
+    block = MobileViTBlock(8, 16, 1).eval()
+    seen = []
+    block.transformer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    with torch.no_grad():
+        out = block(torch.rand(2, 8, 5, 7))
+    assert out.shape == (2, 8, 5, 7)
+    assert seen == [(2 * 4, 3 * 4, 16)]     # 6×8 after the resize: 4 pixel positions per patch, 3·4 patches
+
+
+def test_gradient_reaches_every_parameter():
+    model = mobilevit_xxs().train()
+    maps = model(torch.rand(2, 3, 96, 160))
+    # Squares, not sums: the sum of a training-mode BatchNorm's output does not depend on its input.
+    sum(m.pow(2).mean() for m in maps).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("parents_first", [True, False])
+def test_fuse_gives_same_maps_without_batchnorm(reference, parents_first):
+    model = loaded(reference["state_dict"])   # random BatchNorm statistics: fusion is not trivially exact
+    images = torch.rand(1, 3, 96, 160)
+    with torch.no_grad():
+        expected = model(images)
+        modules = list(model.modules())       # Detector.fuse() walks parents first; any order must work
+        for module in modules if parents_first else reversed(modules):
+            if callable(getattr(module, "fuse", None)):
+                module.fuse()
+        fused = model(images)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    for out, ref in zip(fused, expected):
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max())
