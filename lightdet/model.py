@@ -65,9 +65,11 @@ class Detector(nn.Module):
         return self
 
     @classmethod
-    def from_checkpoint(cls, path, weights="ema", map_location="cpu"):
-        """Rebuild a model from a lightdet checkpoint alone; `weights` picks "ema" (when saved) or "model"."""
-        checkpoint = load_checkpoint(path, map_location)
+    def from_checkpoint(cls, checkpoint, weights="ema", map_location="cpu"):
+        """Rebuild a model from a lightdet checkpoint (a path, or the loaded dict) alone; `weights` picks
+        "ema" (when saved) or "model"."""
+        if not isinstance(checkpoint, dict):
+            checkpoint = load_checkpoint(checkpoint, map_location)
         model = build_model(**checkpoint["config"])
         state = checkpoint.get(weights) or checkpoint["model"]
         model.load_state_dict(state)

@@ -1,0 +1,151 @@
+"""train.py / eval.py / predict.py as a user runs them, on a tiny generated shapes set."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import eval as eval_script  # noqa: E402  (the repository's eval.py, not the builtin)
+import predict  # noqa: E402
+import train  # noqa: E402
+from lightdet.backbones import BACKBONES  # noqa: E402
+from lightdet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from lightdet.data import generate_shapes  # noqa: E402
+from lightdet.losses import YOLOLoss  # noqa: E402
+from lightdet.model import build_model  # noqa: E402
+
+FAMILIES = [name for name, build in BACKBONES.items() if build.__name__ != name]   # the family aliases
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_val=4, processes=1)
+
+
+def run_train(data, project, *extra):
+    return train.train(train.parse_args(["--data", str(data), "--img", "64", "--batch", "4", "--epochs", "1",
+                                         "--workers", "0", "--project", str(project), *extra]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_eval_predict_every_family(family, tiny_shapes, tmp_path, capsys):
+    model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--backbone", family)
+    weights = run_dir / "weights"
+    assert (weights / "last.pt").is_file() and (weights / "best.pt").is_file()
+    assert (run_dir / "results.csv").read_text().count("\n") == 2 and (run_dir / "results.png").is_file()
+    assert set(metrics) >= {"P", "R", "mAP50", "mAP50_95", "per_class"}
+    checkpoint = torch.load(weights / "last.pt", weights_only=True)   # plain types only
+    assert checkpoint["config"]["backbone"] == family and checkpoint["epoch"] == 0
+
+    evaluated = eval_script.main(["--weights", str(weights / "best.pt"), "--workers", "0",
+                                  "--save-json", str(tmp_path / "det.json")])
+    assert evaluated["mAP50"] == pytest.approx(metrics["mAP50"], abs=1e-6)
+    assert isinstance(json.loads((tmp_path / "det.json").read_text()), list)
+    out = tmp_path / "predict"
+    predict.main(["--weights", str(weights / "best.pt"), "--source", str(tiny_shapes / "images" / "val"),
+                  "--out", str(out), "--conf", "0.001"])
+    assert len(list(out.glob("*.jpg"))) == 4 and len(list(out.glob("*.json"))) == 4
+    assert "weights" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
+    args = ["--epochs", "2", "--optimizer", "AdamW", "--lr", "0.001"]
+    straight, _, _ = run_train(tiny_shapes, tmp_path / "a", *args)
+
+    # the same run, interrupted (Ctrl-C) as the second epoch starts, then resumed
+    set_lr = train.set_learning_rate
+
+    def interrupt_in_epoch_two(optimizer, step, total, *rest, **kw):
+        if step == total // 2:
+            raise KeyboardInterrupt
+        return set_lr(optimizer, step, total, *rest, **kw)
+    monkeypatch.setattr(train, "set_learning_rate", interrupt_in_epoch_two)
+    with pytest.raises(SystemExit) as stop:
+        run_train(tiny_shapes, tmp_path / "b", *args)
+    assert stop.value.code == 130
+    last = tmp_path / "b" / "exp" / "weights" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 0
+    monkeypatch.setattr(train, "set_learning_rate", set_lr)
+    resumed, _, _ = train.train(train.parse_args(["--resume", str(last), "--workers", "0"]))
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    final = load_checkpoint(last)
+    assert final["epoch"] == 1
+    reference = load_checkpoint(tmp_path / "a" / "exp" / "weights" / "last.pt")
+    for a, b in zip(reference["optimizer"]["state"].values(), final["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_falls_on_a_repeated_batch():
+    torch.manual_seed(0)
+    model = build_model("cspdarknet", num_classes=2).train()
+    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, 2, imgsz=64)
+    images = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 0, 0.3, 0.3, 0.2, 0.3], [0, 1, 0.7, 0.6, 0.4, 0.2], [1, 1, 0.5, 0.5, 0.5, 0.5]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = criterion(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_fine_tuning_with_another_class_count_reinitialises_the_head(tiny_shapes, tmp_path, capsys):
+    other = build_model("cspdarknet", num_classes=3)
+    save_checkpoint({"model": other.state_dict(), "config": other.config, "names": ["a", "b", "c"]},
+                    tmp_path / "three.pt")
+    model, _, _ = run_train(tiny_shapes, tmp_path / "runs", "--weights", str(tmp_path / "three.pt"))
+    assert model.head.num_classes == 6
+    assert "re-initialised" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="predicts 3 classes.*has 6"):
+        eval_script.main(["--weights", str(tmp_path / "three.pt"), "--data", str(tiny_shapes)])
+
+
+def test_bad_command_lines_fail_clearly(tiny_shapes, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown backbone 'resnet'.*mobilevit"):
+        train.main(["--backbone", "resnet", "--data", str(tiny_shapes)])
+    with pytest.raises(SystemExit, match="dataset not found: .*nowhere"):
+        train.main(["--data", str(tmp_path / "nowhere"), "--project", str(tmp_path)])
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        eval_script.main(["--weights", str(tmp_path / "missing.pt")])
+    run_train(tiny_shapes, tmp_path / "runs", "--img", "50")
+    out = capsys.readouterr().out
+    assert out.count("--img 50 is not a multiple of 32; using 64") == 1
+
+
+def test_ddp_two_processes_hold_identical_weights(tiny_shapes, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import train\n"
+        "from lightdet.optim import unwrap\n"
+        "model, _, _ = train.train(train.parse_args(sys.argv[1:]))\n"
+        f"torch.save(unwrap(model).state_dict(), os.path.join({str(tmp_path)!r}, f\"rank{{os.environ['RANK']}}.pt\"))\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(script), "--data", str(tiny_shapes), "--img", "64", "--batch", "4", "--epochs", "1",
+               "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    initial = build_model("cspdarknet", num_classes=6)
+    parameters = [name for name, _ in initial.named_parameters()]   # BatchNorm statistics stay per process
+    assert any(not torch.equal(rank0[k], initial.state_dict()[k]) for k in parameters)   # it trained
+    for key in parameters:
+        assert torch.equal(rank0[key], rank1[key]), key
