@@ -31,7 +31,7 @@ from lightdet.checkpoint import load_checkpoint, save_checkpoint
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table
 from lightdet.losses import YOLOLoss
-from lightdet.model import Detector, build_model
+from lightdet.model import build_model
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate, unwrap
 from lightdet.plots import plot_results
 

@@ -36,6 +36,18 @@ def fuse_conv_bn(conv, bn):
     return fused.to(conv.weight.device)
 
 
+def fuse_modules(root):
+    """Re-parameterise `root` for inference: call the `fuse()` of `root` and every module in it, parents first.
+
+    Each fusable module (ConvBNAct, RepViT's token mixer, ...) fuses only its own parts, so one walk over the
+    tree covers the whole model.
+    """
+    for module in list(root.modules()):
+        if callable(getattr(module, "fuse", None)):
+            module.fuse()
+    return root
+
+
 class ConvBNAct(nn.Module):
     """Conv2d (no bias) → BatchNorm → activation; YOLOv5's `Conv`, with its BatchNorm settings as defaults.
 

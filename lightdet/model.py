@@ -13,6 +13,7 @@ from .backbones import build_backbone
 from .backbones.cspdarknet import SCALES
 from .checkpoint import load_checkpoint
 from .heads.anchor import DEFAULT_ANCHORS, AnchorHead
+from .layers import fuse_modules
 from .necks.pan import PAN
 
 
@@ -56,12 +57,10 @@ class Detector(nn.Module):
     def fuse(self):
         """Fold every BatchNorm into its convolution and merge re-parameterisable branches, for inference.
 
-        Each fusable module fuses only its own parts; walking parents before children covers the whole model.
         Use the fused model in eval mode only: it has no BatchNorm statistics left to train.
         """
-        for module in list(self.modules()):
-            if module is not self and callable(getattr(module, "fuse", None)):
-                module.fuse()
+        for part in (self.backbone, self.neck, self.head):
+            fuse_modules(part)
         return self
 
     @classmethod

