@@ -173,3 +173,20 @@ def test_from_checkpoint_rejects_foreign_files(tmp_path):
         Detector.from_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         Detector.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_info_counts_scaled_dot_product_attention():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 8, 1, bias=False)
+
+        def forward(self, x):
+            tokens = self.proj(x).flatten(2).transpose(1, 2).reshape(1, 2, -1, 4)   # (B, heads, L, d)
+            return torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+
+    length = 8 * 8
+    info = model_info(Attention(), imgsz=8)
+    projection = 2 * 3 * 8 * length
+    attention = 2 * (2 * 2 * length * length * 4)   # QKᵀ and (softmax)·V, 2 heads, 2 FLOPs per MAC
+    assert info["gflops"] * 1e9 == projection + attention
