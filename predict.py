@@ -63,7 +63,7 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     size = args.img or checkpoint.get("args", {}).get("img", 640)
-    model = (model if args.no_fuse else model.fuse()).to(args.device).eval()
+    model = (model if args.no_fuse else model.fuse()).to(args.device, memory_format=torch.channels_last).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in paths:
