@@ -161,7 +161,7 @@ def test_image_list_source(coco128, tmp_path):
     first = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]
     (tmp_path / "train.txt").write_text(f"{first[0]}\n\n{os.path.relpath(first[1], tmp_path)}\n")
     spec = resolve_data(str(tmp_path / "train.txt"))
-    assert spec.names == ["a", "b"] and [os.path.realpath(f) for f in spec.train.im_files] == list(map(str, first))
+    assert spec.names == ["a", "b"] and [os.path.realpath(f) for f in spec.train.im_files] == [os.path.realpath(f) for f in first]
 
 
 # 48 high, 64 wide: red grows to the right, green downwards, so any turn or flip shows.
