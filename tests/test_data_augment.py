@@ -13,14 +13,6 @@ COLOURS = np.array([(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20),
 SIZES = [(320, 240), (240, 320), (320, 320), (960, 720), (720, 960), (320, 180), (500, 375), (200, 320)]   # (w, h)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def colour_spec(tmp_path_factory):
     """Grey images with solid rectangles; the class of a rectangle is its colour. Two are large, so that

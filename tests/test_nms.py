@@ -120,17 +120,7 @@ def test_non_max_suppression_options():
     torch.testing.assert_close(non_max_suppression((pred, None))[0], non_max_suppression(pred)[0])
 
 
-@pytest.fixture
-def one_thread():
-    """Run on one torch thread: with OpenMP busy-waiting on a loaded 2-core machine, this test took 0.4 s on
-    one thread and up to 36 s on two. Results do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_reproduces_yolov5_fixture(one_thread):
+def test_reproduces_yolov5_fixture():
     fixture = load_fixture("yolov5", "nms_yolov5n.pt")
     for settings, expected in zip(fixture["settings"], fixture["results"]):
         out = non_max_suppression(fixture["prediction"], **settings)
