@@ -25,3 +25,11 @@ def shared_path(*parts):
 def load_fixture(*parts):
     """A reference fixture from shared/fixtures, e.g. load_fixture("backbones", "repvit_m0_9.pt")."""
     return torch.load(shared_path("fixtures", *parts), map_location="cpu", weights_only=False)
+
+
+def assert_maps_close(maps, expected, rel=1e-4):
+    """Feature maps equal to a fixture's, map by map: same shape, max abs diff <= rel × the map's scale."""
+    assert len(maps) == len(expected) == 3
+    for out, ref in zip(maps, expected):
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= rel * ref.abs().max()

@@ -2,7 +2,7 @@ import re
 
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import assert_maps_close, load_fixture
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
@@ -52,11 +52,7 @@ def test_reference_maps_reproduced(fixture, naming):
     assert fixture["num_params"] == sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         for image, reference in zip(fixture["inputs"], fixture["outputs"]):
-            maps = model(image.float())
-            assert len(maps) == len(reference) == 3
-            for out, ref in zip(maps, reference):
-                assert out.shape == ref.shape
-                assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+            assert_maps_close(model(image.float()), reference)
 
 
 def test_converter_is_strict(fixture):

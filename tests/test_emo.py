@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_fixture
+from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
 from lightdet.backbones.emo import VARIANTS, emo_1m, from_windows, iRMB, to_windows
 from lightdet.layers import fuse_modules
@@ -34,10 +34,7 @@ def assert_reproduces(model, reference, rel=1e-4):
     for images, expected in zip(reference["inputs"], reference["outputs"]):
         with torch.no_grad():
             maps = model(images.float())
-        assert len(maps) == len(expected) == 3
-        for out, ref in zip(maps, expected):
-            assert out.shape == ref.shape
-            assert (out - ref).abs().max() <= rel * ref.abs().max()
+        assert_maps_close(maps, expected, rel)
 
 
 def test_registry_and_alias():

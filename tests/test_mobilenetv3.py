@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import load_fixture
+from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
 from lightdet.backbones.mobilenetv3 import convert_state_dict, mobilenetv3_large, mobilenetv3_small
 
@@ -21,12 +21,7 @@ def assert_maps_match(model, fixture):
     model.eval()
     with torch.no_grad():
         for x, refs in zip(fixture["inputs"], fixture["outputs"]):
-            outs = model(x.float())
-            assert len(outs) == len(refs)
-            for out, ref in zip(outs, refs):
-                assert out.shape == ref.shape
-                scale = ref.abs().max()
-                assert (out - ref).abs().max() <= 1e-4 * scale
+            assert_maps_close(model(x.float()), refs)
 
 
 def test_registry():

@@ -3,7 +3,7 @@ fusion."""
 import pytest
 import torch
 
-from conftest import load_fixture
+from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
 from lightdet.backbones.mobilevit import MobileViTBlock, mobilevit_xxs
 
@@ -34,10 +34,7 @@ def assert_reproduces(model, reference, rel=1e-4):
         expected = [*reference["outputs"][i][:2], reference["extra_outputs"][i]["stages.4"]]
         with torch.no_grad():
             maps = model(images.float())
-        assert len(maps) == 3
-        for out, ref in zip(maps, expected):
-            assert out.shape == ref.shape
-            assert (out - ref).abs().max() <= rel * ref.abs().max()
+        assert_maps_close(maps, expected, rel)
 
 
 def test_registry_and_alias():

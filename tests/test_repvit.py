@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_fixture
+from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
 from lightdet.backbones.repvit import VARIANTS, repvit_m0_9
 
@@ -40,10 +40,7 @@ def assert_reproduces(model, reference, inputs=(0, 1), rel=1e-4):
         images, expected = reference["inputs"][i], reference["outputs"][i]
         with torch.no_grad():
             maps = model(images.float())
-        assert len(maps) == len(expected) == 3
-        for out, ref in zip(maps, expected):
-            assert out.shape == ref.shape
-            assert (out - ref).abs().max() <= rel * ref.abs().max()
+        assert_maps_close(maps, expected, rel)
 
 
 def timm_to_official(state_dict):
