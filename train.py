@@ -38,7 +38,8 @@ from lightdet.plots import plot_results
 # Defaults per dataset; a flag on the command line always wins. YOLOv5's long recipe makes only ~250 updates
 # in 10 CPU minutes, so the built-in set trains with AdamW, no accumulation and a short warm-up instead, from
 # images cached in RAM (~0.6 GB; decoding was a third of the CPU time at 256 px). Its lr: cspdarknet, 3 epochs,
-# reached mAP50 0.18 / 0.22 / 0.14 with 1e-3 / 3e-3 / 6e-3.
+# reached mAP50 0.18 / 0.22 / 0.14 with 1e-3 / 3e-3 / 6e-3; 2e-3 is between the best two and gentler on the
+# attention backbones.
 RECIPES = {
     "shapes": dict(img=256, batch=16, epochs=5, optimizer="AdamW", lr=2e-3, nominal_batch=16,
                    warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
@@ -47,10 +48,19 @@ RECIPES = {
     "yolov5": dict(img=640, batch=16, epochs=100, optimizer="SGD", lr=0.01, nominal_batch=64,
                    warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False),
 }
-# On the built-in `shapes` set the epochs depend on the backbone: what its default variant trains in about 9 minutes
-# on the 2-core development CPU, from its measured training speed at 256 (img/s: cspdarknet 47, efficientvit 36,
-# mobilevit 22, mobilenetv3 19, emo 17, repvit 14). README has the measured times and mAP.
-SHAPES_EPOCHS = {"cspdarknet": 8, "efficientvit": 6, "mobilevit": 3, "mobilenetv3": 3, "emo": 3, "repvit": 2}
+# On the built-in `shapes` set the schedule depends on the backbone: what its default variant trains in about
+# 9 minutes on the 2-core development CPU, from its measured training speed (img/s at 256: cspdarknet 47,
+# efficientvit 36, mobilevit 22, mobilenetv3 19, emo 17, repvit 14). Learning is slow until about the fourth
+# epoch, so the slower backbones train at 192 px, where they run 1.6-1.9× faster (mobilevit 36, mobilenetv3 33,
+# emo 28, repvit 23) and get more epochs. README has the measured times and mAP.
+SHAPES_PER_BACKBONE = {
+    "cspdarknet": dict(epochs=8),
+    "efficientvit": dict(epochs=6),
+    "mobilevit": dict(epochs=6, img=192),
+    "mobilenetv3": dict(epochs=5, img=192),
+    "emo": dict(epochs=5, img=192),
+    "repvit": dict(epochs=4, img=192),
+}
 WARMUP_EPOCHS = 3          # YOLOv5: max(3 epochs, 100 iterations) unless the recipe says otherwise
 GRAD_CLIP_NORM = 10.0
 
@@ -93,7 +103,7 @@ def resolve_args(args):
     """Fill unset flags from the dataset's recipe; round the image size up to a multiple of 32."""
     recipe = dict(RECIPES.get(args.data, RECIPES["yolov5"]))
     if args.data == "shapes":
-        recipe["epochs"] = SHAPES_EPOCHS.get(args.backbone.split("_")[0], recipe["epochs"])
+        recipe.update(SHAPES_PER_BACKBONE.get(args.backbone.split("_")[0], {}))
     for key, value in recipe.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

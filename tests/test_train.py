@@ -112,6 +112,20 @@ def test_fine_tuning_with_another_class_count_reinitialises_the_head(tiny_shapes
         eval_script.main(["--weights", str(tmp_path / "three.pt"), "--data", str(tiny_shapes)])
 
 
+def test_recipe_fills_only_the_flags_left_unset():
+    shapes = train.resolve_args(train.parse_args(["--backbone", "repvit_m1_1", "--no-cache", "--lr", "0.01"]))
+    assert (shapes.epochs, shapes.img, shapes.optimizer, shapes.nominal_batch) == (4, 192, "AdamW", 16)
+    assert (shapes.lr, shapes.cache) == (0.01, False)   # flags win over the recipe
+    user = train.resolve_args(train.parse_args(["--data", "some/folder", "--epochs", "3"]))
+    assert (user.epochs, user.img, user.optimizer, user.nominal_batch, user.cache) == (3, 640, "SGD", 64, False)
+
+
+@pytest.mark.parametrize("cores, device, workers", [(2, "cpu", 0), (16, "cpu", 4), (2, "cuda", 2), (64, "cuda", 4)])
+def test_default_loader_workers(cores, device, workers, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert train.default_workers(torch.device(device)) == workers
+
+
 def test_bad_command_lines_fail_clearly(tiny_shapes, tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown backbone 'resnet'.*mobilevit"):
         train.main(["--backbone", "resnet", "--data", str(tiny_shapes)])
