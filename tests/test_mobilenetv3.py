@@ -94,3 +94,14 @@ def test_width_multiplier():
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 64, 96))
     assert [o.shape[1] for o in outs] == list(model.out_channels)
+
+
+def test_residual_blocks_start_as_the_identity():
+    from lightdet.backbones.mobilenetv3 import InvertedResidual
+    blocks = [m for m in mobilenetv3_large().modules() if isinstance(m, InvertedResidual)]
+    residual = [b for b in blocks if b.residual]
+    assert len(residual) == 10   # Table 1: the stride-1 rows that keep their width
+    torch.manual_seed(0)
+    for block in residual:
+        x = torch.randn(2, block.project.conv.out_channels, 8, 8)
+        torch.testing.assert_close(block.train()(x), x)
