@@ -43,8 +43,11 @@ def test_three_maps_at_strides_8_16_32(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_detector_loss_reaches_every_parameter(name):
-    # BatchNorm scales set non-zero: residual branches that start as the identity (a zero scale) are wired in too
+    # Residual branches that start as the identity (a zero BatchNorm scale or projection) must be wired in too
     model = randomize_batchnorm(build_model(name, num_classes=3)).train()
+    for p in model.parameters():
+        if not p.any():
+            p.data.normal_(0, 0.1)
     criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, 3, imgsz=96)
     targets = torch.tensor([[0, 0, 0.3, 0.4, 0.2, 0.3], [1, 2, 0.6, 0.5, 0.5, 0.6]])
     loss, items = criterion(model(torch.rand(2, 3, 64, 96)), targets)

@@ -110,3 +110,12 @@ def test_irmb_attention_block_for_necks():
         assert block(x).shape == x.shape
     with pytest.raises(ValueError):
         iRMB(64, 64, norm="bn", attn=True)
+
+
+def test_residual_blocks_start_as_the_identity():
+    blocks = [m for m in emo_1m().modules() if isinstance(m, iRMB) and m.has_skip]
+    assert blocks
+    torch.manual_seed(0)
+    for block in blocks:
+        x = torch.randn(1, block.proj.out_channels, 7, 9)
+        torch.testing.assert_close(block.train()(x), x)
