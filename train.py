@@ -57,7 +57,7 @@ SHAPES_PER_BACKBONE = {
     "cspdarknet": dict(epochs=8),
     "efficientvit": dict(epochs=6),
     "mobilevit": dict(epochs=6, img=192),
-    "mobilenetv3": dict(epochs=5, img=192),
+    "mobilenetv3": dict(epochs=6, img=192),
     "emo": dict(epochs=5, img=192),
     "repvit": dict(epochs=4, img=192),
 }
