@@ -4,7 +4,8 @@ import torch
 
 from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
-from lightdet.backbones.mobilenetv3 import convert_state_dict, mobilenetv3_large, mobilenetv3_small
+from lightdet.backbones.mobilenetv3 import (InvertedResidual, convert_state_dict, mobilenetv3_large,
+                                           mobilenetv3_small)
 
 
 
@@ -97,7 +98,6 @@ def test_width_multiplier():
 
 
 def test_residual_blocks_start_as_the_identity():
-    from lightdet.backbones.mobilenetv3 import InvertedResidual
     blocks = [m for m in mobilenetv3_large().modules() if isinstance(m, InvertedResidual)]
     residual = [b for b in blocks if b.residual]
     assert len(residual) == 10   # Table 1: the stride-1 rows that keep their width
