@@ -1,11 +1,14 @@
 """MobileViT: the timm reference fixture under both checkpoint namings, exact sizes, any input size, gradients,
 fusion."""
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
-from lightdet.backbones.mobilevit import MobileViTBlock, mobilevit_xxs
+from lightdet.backbones.mobilevit import InvertedResidual, MobileViTBlock, mobilevit_xxs
 
 # timm 1.0 feature extractors without the classifier's 1×1 `final_conv` (xxs: the fixture's num_params 951,024
 # minus final_conv's 320·80 + 2·320 = 26,240).
@@ -47,6 +50,24 @@ def test_parameter_count_matches_timm(name):
     model = build_backbone(name)
     assert count(model) == PARAMS[name]
     assert model.out_channels == CHANNELS[name]
+
+
+def test_initialisation_follows_timm():
+    torch.manual_seed(0)
+    model = mobilevit_xxs()
+    residual = [m for m in model.modules() if isinstance(m, InvertedResidual) and m.residual]
+    assert len(residual) == 3   # Table 4: the MV2 blocks that keep stride and width (1 at stride 2, 2 at 4)
+    for block in residual:      # zero_init_last: the block starts as the identity
+        x = torch.randn(2, block.conv1_1x1.conv.in_channels, 8, 8)
+        assert torch.equal(block.train()(x), x)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 2000]
+    for conv in convs:          # He-normal over fan-out (PyTorch's default would be ~0.6 of it for a 1×1)
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 4 * (2 + 4 + 3)   # qkv, proj, fc1, fc2 of each transformer layer
+    for linear in linears:
+        assert linear.weight.std().item() == pytest.approx(0.01, rel=0.1) and not linear.bias.any()
 
 
 def test_reproduces_timm_features_only(reference):

@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import assert_maps_close, load_fixture
 from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
-from lightdet.backbones.repvit import VARIANTS, repvit_m0_9
+from lightdet.backbones.repvit import VARIANTS, ConvMlp, repvit_m0_9
 
 # timm 1.0 feature extractors (features_only), counted by the fixture script for m0_9 and timm for the rest.
 PARAMS = {"repvit_m0_9": 4_717_792, "repvit_m1_0": 6_403_004, "repvit_m1_1": 7_774_864,
@@ -78,6 +78,15 @@ def test_registry_and_alias():
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_parameter_count_matches_timm(name):
     assert count(build_backbone(name)) == PARAMS[name]
+
+
+def test_channel_mixers_start_as_the_identity():
+    # timm and the official code zero the last BatchNorm scale of every FFN, so each x + FFN(x) starts as x.
+    mixers = [m for m in repvit_m0_9().modules() if isinstance(m, ConvMlp)]
+    assert len(mixers) == sum(VARIANTS["repvit_m0_9"]["depths"]) + 2 * 3   # + each downsampling's block and FFN
+    for mixer in mixers:
+        x = torch.randn(2, mixer.conv1.conv.in_channels, 4, 4)
+        assert torch.equal(mixer.train()(x), torch.zeros_like(x))
 
 
 def test_reproduces_timm_features_only(reference):

@@ -73,6 +73,8 @@ class InvertedResidual(nn.Module):
         self.conv2_kxk = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=SiLU, **BN)
         self.conv3_1x1 = ConvBNAct(hidden, out_channels, 1, act=None, **BN)
         self.residual = stride == 1 and in_channels == out_channels
+        if self.residual:   # start as the identity, as timm does (byobnet's zero_init_last)
+            nn.init.zeros_(self.conv3_1x1.bn.weight)
 
     def forward(self, x):
         y = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
@@ -184,6 +186,22 @@ class MobileViT(nn.Module):
             blocks_per_stage.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(blocks_per_stage)
         self.out_channels = tuple(row.channels for row in stages[2:])
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """timm's initialisation of this network (byobnet `_init_weights`): He-normal convs over fan-out, and
+        linear layers of std 0.01, so that every transformer layer starts close to the identity."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+            else:
+                continue
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, x):
         # Channels-last inside: on CPU, oneDNN runs the wide-map depthwise and 1×1 convs up to ten times faster

@@ -77,12 +77,13 @@ class RepVGGDW(nn.Module):
 
 
 class ConvMlp(nn.Module):
-    """Channel mixer: 1×1 expand (×2) → GELU → 1×1 project, each with BatchNorm."""
+    """Channel mixer: 1×1 expand (×2) → GELU → 1×1 project, each with BatchNorm; always inside a residual."""
 
     def __init__(self, channels, hidden_channels):
         super().__init__()
         self.conv1 = conv_bn(channels, hidden_channels, act=nn.GELU)
         self.conv2 = conv_bn(hidden_channels, channels)
+        nn.init.zeros_(self.conv2.bn.weight)   # its residual starts as the identity (official, timm: bn_weight_init=0)
 
     def forward(self, x):
         return self.conv2(self.conv1(x))
