@@ -114,7 +114,7 @@ def test_fine_tuning_with_another_class_count_reinitialises_the_head(tiny_shapes
 
 def test_recipe_fills_only_the_flags_left_unset():
     shapes = train.resolve_args(train.parse_args(["--backbone", "repvit_m1_1", "--no-cache", "--lr", "0.01"]))
-    assert (shapes.epochs, shapes.img, shapes.optimizer, shapes.nominal_batch) == (4, 192, "AdamW", 16)
+    assert (shapes.epochs, shapes.img, shapes.optimizer, shapes.nominal_batch) == (6, 160, "AdamW", 16)
     assert (shapes.lr, shapes.cache) == (0.01, False)   # flags win over the recipe
     user = train.resolve_args(train.parse_args(["--data", "some/folder", "--epochs", "3"]))
     assert (user.epochs, user.img, user.optimizer, user.nominal_batch, user.cache) == (3, 640, "SGD", 64, False)
