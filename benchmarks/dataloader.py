@@ -1,6 +1,6 @@
-"""Training-pipeline throughput of lightdet's loader: mosaic + affine + HSV + flip at 640, batch 16, on coco128.
+"""Training-pipeline throughput of lightdet's loader: mosaic + affine + HSV + flip at 640, batch 16.
 
-    python benchmarks/dataloader.py                        # 2 workers and 0 workers
+    python benchmarks/dataloader.py --data datasets/coco128   # 2 workers and 0 workers (any YOLO/COCO dataset)
     python benchmarks/dataloader.py --workers 4 --cache    # decoded images in RAM
 
 Reference on the 2-core development machine: YOLOv5's own OpenCV loader, same settings, 2 workers: ~166 img/s.
@@ -16,8 +16,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightdet.data import build_dataloader, build_dataset, resolve_data  # noqa: E402
-
-SHARED = Path(os.environ.get("LIGHTDET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def images_per_second(dataset, batch_size, workers, batches):
@@ -43,7 +41,7 @@ def cpu_ms_per_sample(dataset, samples=64):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(SHARED / "data" / "coco128"))
+    parser.add_argument("--data", default="shapes", help="a dataset as train.py takes it (default: the built-in set)")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 0])

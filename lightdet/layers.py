@@ -1,7 +1,8 @@
 """Building blocks shared by every part of lightdet, each written once.
 
 `ConvBNAct`, `SqueezeExcite`, `DropPath` and `make_divisible` serve all backbones; `Bottleneck`, `C3` and
-`SPPF` are YOLOv5's blocks (ultralytics/yolov5 v6, `models/common.py`), used by CSPDarknet and the PAN neck.
+`SPPF` are YOLOv5's blocks (ultralytics/yolov5 v6, `models/common.py`), used by CSPDarknet and the PAN neck,
+which scale them by YOLOv5's `SCALES` table.
 YOLOv5's blocks keep YOLOv5's attribute names (`cv1`, `cv2`, `cv3`, `m`) so that official weights map onto
 them by layer index alone.
 """
@@ -19,6 +20,22 @@ def make_divisible(value, divisor=8, min_value=None, round_limit=0.9):
     if rounded < round_limit * value:
         rounded += divisor
     return rounded
+
+
+# YOLOv5's model sizes n/s/m/l/x as (depth multiple, width multiple): width multiplies channels, depth the
+# number of bottlenecks in each C3. CSPDarknet and the PAN neck scale by the same table.
+SCALES = {
+    "n": (0.33, 0.25),
+    "s": (0.33, 0.50),
+    "m": (0.67, 0.75),
+    "l": (1.00, 1.00),
+    "x": (1.33, 1.25),
+}
+
+
+def scaled_depth(depth, depth_multiple):
+    """YOLOv5's rule for a scaled block count: round, but keep at least one block."""
+    return max(round(depth * depth_multiple), 1)
 
 
 def fuse_conv_bn(conv, bn):

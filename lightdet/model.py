@@ -10,10 +10,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .backbones import build_backbone
-from .backbones.cspdarknet import SCALES
 from .checkpoint import load_checkpoint
 from .heads.anchor import DEFAULT_ANCHORS, AnchorHead
-from .layers import fuse_modules
+from .layers import SCALES, fuse_modules
 from .necks.pan import PAN
 
 

@@ -1,11 +1,23 @@
-import os
+"""Shared test helpers: the reference fixtures in tests/fixtures and the comparisons every family uses.
+
+The fixtures store no weights. Each tensor is regenerated from a seed and a per-key recipe ("seeded-v1"),
+exactly as the reference code drew it when it recorded the outputs:
+
+    g     = torch.Generator().manual_seed(zlib.crc32(key.encode(), seed))
+    value = lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)   # times `scale[key]`, per row
+    tensor = value.float()
+
+Inputs are drawn the same way under the name "input:<i>": U(-2, 2) for backbones and blocks, U(0, 1) (an
+image) for whole detectors.
+"""
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
-# The read-only reference material lives beside the repository (DEVELOPERS.md); LIGHTDET_SHARED overrides.
-SHARED = Path(os.environ.get("LIGHTDET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -13,23 +25,50 @@ def _seeded():
     torch.manual_seed(0)
 
 
-def shared_path(*parts):
-    """A path inside the shared folder (fixtures, coco128)."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the shared folder must sit beside the repo "
-                                "or be named by LIGHTDET_SHARED")
-    return path
+def seeded_uniform(name, shape, seed=0):
+    """U(0, 1) in float64 from a generator seeded by crc32(name) started from `seed`."""
+    generator = torch.Generator().manual_seed(zlib.crc32(name.encode(), seed))
+    return torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
-def load_fixture(*parts):
-    """A reference fixture from shared/fixtures, e.g. load_fixture("backbones", "repvit_m0_9.pt")."""
-    return torch.load(shared_path("fixtures", *parts), map_location="cpu", weights_only=False)
+def materialize(fixture):
+    """The state_dict a seeded-v1 fixture describes: its `params` recipe, `scale` and `int_buffers`."""
+    state = {}
+    for key, shape, low, high in fixture["params"]:
+        value = low + (high - low) * seeded_uniform(key, shape, fixture["seed"])
+        if key in fixture["scale"]:
+            value = value * fixture["scale"][key].double().view(-1, *[1] * (len(shape) - 1))
+        state[key] = value.float()
+    state.update(fixture["int_buffers"])
+    return state
+
+
+def seeded_input(fixture, index, low=-2.0, high=2.0):
+    """Input `index` of a fixture (a shape in `inputs`), drawn as the reference drew it."""
+    shape = fixture["inputs"][index]
+    return (low + (high - low) * seeded_uniform(f"input:{index}", shape, fixture["seed"])).float()
+
+
+def load_fixture(name):
+    """A reference fixture from tests/fixtures with its weights (`state_dict`) and inputs (`inputs` as tensors)
+    regenerated. Detector fixtures (`model_*`) take images in 0..1; backbones and blocks take U(-2, 2)."""
+    fixture = torch.load(FIXTURES / name, map_location="cpu", weights_only=False)
+    if "params" in fixture:
+        fixture["state_dict"] = materialize(fixture)
+    if "inputs" in fixture:
+        low, high = (0.0, 1.0) if name.startswith("model_") else (-2.0, 2.0)
+        fixture["inputs"] = [seeded_input(fixture, i, low, high) for i in range(len(fixture["inputs"]))]
+    return fixture
+
+
+def max_relative_error(out, ref):
+    """max |out - ref| divided by the reference's scale (its max |value|)."""
+    assert out.shape == ref.shape, (tuple(out.shape), tuple(ref.shape))
+    return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
 def assert_maps_close(maps, expected, rel=1e-4):
     """Feature maps equal to a fixture's, map by map: same shape, max abs diff <= rel × the map's scale."""
-    assert len(maps) == len(expected) == 3
+    assert len(maps) == len(expected)
     for out, ref in zip(maps, expected):
-        assert out.shape == ref.shape
-        assert (out - ref).abs().max() <= rel * ref.abs().max()
+        assert max_relative_error(out, ref) <= rel

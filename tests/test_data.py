@@ -1,4 +1,5 @@
-"""Datasets: the shapes set, coco128 as YOLO txt and as COCO json, dirty files, evaluation ground truth."""
+"""Datasets: the shapes set, the mini set (tests/data/mini) as YOLO txt and as COCO json, dirty files,
+evaluation ground truth."""
 import json
 import logging
 import os
@@ -6,55 +7,56 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import DATA
 from PIL import Image, ImageDraw
 from pycocotools.cocoeval import COCOeval
 
 from lightdet.data import DatasetError, build_dataloader, build_dataset, resolve_data
 from lightdet.data.shapes import CLASSES, _shape_geometry, draw_object, ensure_shapes
 
-# COCO's 80 detection classes -> their (sparse) category ids 1..90.
-COCO_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
-            33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
-            60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
+# Sparse category ids for the mini set's 3 classes, as COCO's 80 are spread over 1..90.
+CATEGORY_IDS = [1, 17, 90]
+
+
+# 16 generated images of 90-160 px in one split, 3 classes, 41 boxes. Like ultralytics' coco128: a greyscale
+# image (img03), two backgrounds (img05 without a label file, img09 with an empty one), two label files without
+# an image, and three boxes under 2 px wide (img07).
+MINI = DATA / "mini"
+MINI_SIZE = 160   # the longest side in the set: rect batches need no upscaling
 
 
 @pytest.fixture(scope="module")
-def coco128():
-    return shared_path("data", "coco128")
+def mini_val():
+    return build_dataset(resolve_data(str(MINI)), "val", imgsz=MINI_SIZE, rect=True, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def coco128_val(coco128):
-    return build_dataset(resolve_data(str(coco128)), "val", imgsz=640, rect=True, batch_size=16)
-
-
-@pytest.fixture(scope="module")
-def coco_json(coco128, tmp_path_factory):
-    """coco128 written as COCO's own layout: annotations/instances_train2017.json beside train2017/, with
+def coco_json(tmp_path_factory):
+    """The mini set written as COCO's own layout: annotations/instances_train2017.json beside train2017/, with
     sparse category ids, annotation ids beyond 32 bits, a crowd box and the two unlabelled images."""
     root = tmp_path_factory.mktemp("coco")
-    os.symlink(coco128 / "images" / "train2017", root / "train2017")
+    os.symlink(MINI / "images" / "train2017", root / "train2017")
     images, annotations = [], []
-    for image_id, path in enumerate(sorted((coco128 / "images" / "train2017").glob("*.jpg")), start=1000):
+    for image_id, path in enumerate(sorted((MINI / "images" / "train2017").glob("*.jpg")), start=1000):
         width, height = Image.open(path).size
         images.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
-        label_file = coco128 / "labels" / "train2017" / f"{path.stem}.txt"
-        rows = np.loadtxt(label_file, ndmin=2) if label_file.exists() else np.zeros((0, 5))
+        label_file = MINI / "labels" / "train2017" / f"{path.stem}.txt"
+        text = label_file.read_text() if label_file.exists() else ""
+        rows = np.array(text.split(), dtype=float).reshape(-1, 5)
         for cls, cx, cy, w, h in rows:
             annotations.append({"id": 2**40 + len(annotations), "image_id": image_id, "iscrowd": 0,
-                                "category_id": COCO_IDS[int(cls)], "area": w * width * h * height,
+                                "category_id": CATEGORY_IDS[int(cls)], "area": w * width * h * height,
                                 "bbox": [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]})
     annotations.append({**annotations[0], "id": 2**40 + len(annotations), "iscrowd": 1})
-    names = (coco128 / "classes.txt").read_text().split("\n")[:80]
-    categories = [{"id": i, "name": n} for i, n in zip(COCO_IDS, names)]
+    names = (MINI / "classes.txt").read_text().split()
+    categories = [{"id": i, "name": n} for i, n in zip(CATEGORY_IDS, names)]
     (root / "annotations").mkdir()
     json_path = root / "annotations" / "instances_train2017.json"
     json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return json_path
 
 
-def perfect_map(dataset, batch_size=16):
+def perfect_map(dataset, batch_size=4):
     """mAP@0.5:0.95 of detections equal to the labels a loader gives, mapped back to the original pixels."""
     coco, image_ids, category_ids = dataset.coco_ground_truth()
     detections, start = [], 0
@@ -76,63 +78,63 @@ def perfect_map(dataset, batch_size=16):
     return evaluator.stats[0]
 
 
-def test_coco128_yolo_scan_reports_anomalies(coco128, coco128_val, caplog):
-    spec = resolve_data(str(coco128))
-    assert len(spec.names) == 80 and spec.names[0] == "person" and spec.val is spec.train   # one split
-    report = coco128_val.report
-    assert (report.found, report.backgrounds, report.corrupt, report.fixed, report.boxes) == (128, 2, 0, 0, 929)
+def test_yolo_scan_reports_anomalies(mini_val, caplog):
+    spec = resolve_data(str(MINI))
+    assert spec.names == ["circle", "square", "triangle"] and spec.val is spec.train   # one split
+    report = mini_val.report
+    assert (report.found, report.backgrounds, report.corrupt, report.fixed, report.boxes) == (16, 2, 0, 0, 41)
     assert report.orphans == 2 and report.tiny == 3 and report.converted == {"L": 1}
-    assert "found 128 images, 2 backgrounds, 0 corrupt skipped, 0 labels fixed" in report.summary()
-    assert any("000000000656.txt" in m and "000000000659.txt" in m for m in report.messages)
+    assert "found 16 images, 2 backgrounds, 0 corrupt skipped, 0 labels fixed" in report.summary()
+    assert any("orphan_a.txt" in m and "orphan_b.txt" in m for m in report.messages)
     with caplog.at_level(logging.INFO, logger="lightdet.data"):
-        build_dataset(spec, "train", imgsz=320)
-    assert "found 128 images, 2 backgrounds" in caplog.text and "000000000659.txt" in caplog.text
+        build_dataset(spec, "train", imgsz=96)
+    assert "found 16 images, 2 backgrounds" in caplog.text and "orphan_b.txt" in caplog.text
 
-    grey = coco128_val.im_files.index(str(coco128 / "images" / "train2017" / "000000000086.jpg"))
-    image, labels, _, ((h0, w0), _) = coco128_val[grey]
-    assert image.dtype == torch.uint8 and image.shape[0] == 3 and (h0, w0) == (640, 512)
+    grey = mini_val.im_files.index(str(MINI / "images" / "train2017" / "img03.jpg"))
+    image, labels, _, ((h0, w0), _) = mini_val[grey]
+    assert image.dtype == torch.uint8 and image.shape[0] == 3 and (h0, w0) == (160, 120)
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])   # greyscale, as RGB
 
 
-def test_coco128_rect_batches_and_inverse_mapping(coco128_val):
-    shapes = [tuple(images.shape[2:]) for images, _, _, _ in build_dataloader(coco128_val, 16)]
-    assert shapes == [tuple(s) for s in coco128_val.batch_shapes] and all(h % 32 == 0 == w % 32 for h, w in shapes)
-    assert max(max(s) for s in shapes) == 640 and min(min(s) for s in shapes) < 640
-    aspect = coco128_val.shapes[:, 0] / coco128_val.shapes[:, 1]
+def test_rect_batches_and_inverse_mapping(mini_val):
+    shapes = [tuple(images.shape[2:]) for images, _, _, _ in build_dataloader(mini_val, 4)]
+    assert shapes == [tuple(s) for s in mini_val.batch_shapes] and all(h % 32 == 0 == w % 32 for h, w in shapes)
+    assert max(max(s) for s in shapes) == MINI_SIZE and min(min(s) for s in shapes) < MINI_SIZE
+    aspect = mini_val.shapes[:, 0] / mini_val.shapes[:, 1]
     assert np.all(np.diff(aspect) >= 0)   # sorted by aspect ratio, so batches waste little padding
-    # Each batch is the smallest multiple of 32 holding its images with the long side at 640.
-    for b, (h, w) in enumerate(coco128_val.batch_shapes):
-        sizes = np.array([coco128_val.load_size(i) for i in np.flatnonzero(coco128_val.batch_index == b)])
+    # Each batch is the smallest multiple of 32 holding its images with the long side at MINI_SIZE.
+    for b, (h, w) in enumerate(mini_val.batch_shapes):
+        sizes = np.array([mini_val.load_size(i) for i in np.flatnonzero(mini_val.batch_index == b)])
         assert sizes[:, 0].max() <= h < sizes[:, 0].max() + 32 and sizes[:, 1].max() <= w < sizes[:, 1].max() + 32
     # Labels mapped back through shape_info coincide with the ground truth: a perfect detector scores 1.0.
-    assert perfect_map(coco128_val) == pytest.approx(1.0)
+    assert perfect_map(mini_val) == pytest.approx(1.0)
 
 
-def test_rect_batches_follow_a_distributed_sampler(coco128_val):
-    sampler = torch.utils.data.DistributedSampler(coco128_val, num_replicas=2, rank=1, shuffle=False)
-    loader = build_dataloader(coco128_val, 16, sampler=sampler)
+def test_rect_batches_follow_a_distributed_sampler(mini_val):
+    sampler = torch.utils.data.DistributedSampler(mini_val, num_replicas=2, rank=1, shuffle=False)
+    loader = build_dataloader(mini_val, 4, sampler=sampler)
     paths = [p for _, _, batch_paths, _ in loader for p in batch_paths]
-    assert paths == [p for b in (1, 3, 5, 7) for p in coco128_val.im_files[16 * b:16 * b + 16]]
+    assert paths == [p for b in (1, 3) for p in mini_val.im_files[4 * b:4 * b + 4]]
     with pytest.raises(ValueError, match="batch_size"):
-        build_dataloader(coco128_val, 8)
+        build_dataloader(mini_val, 8)
 
 
-def test_coco_json_source(coco_json, coco128_val):
+def test_coco_json_source(coco_json, mini_val):
     spec = resolve_data(str(coco_json))
     assert spec.val is spec.train and spec.train.images_dir.name == "train2017"
-    dataset = build_dataset(spec, "val", imgsz=640, rect=True, batch_size=16)
-    assert dataset.names == coco128_val.names
+    dataset = build_dataset(spec, "val", imgsz=MINI_SIZE, rect=True, batch_size=4)
+    assert dataset.names == mini_val.names
     report = dataset.report
-    assert (report.found, report.backgrounds, report.corrupt, report.boxes, report.crowd) == (128, 2, 0, 929, 1)
+    assert (report.found, report.backgrounds, report.corrupt, report.boxes, report.crowd) == (16, 2, 0, 41, 1)
     # Same labels as the YOLO files (class index contiguous again), image for image.
-    by_file = {os.path.basename(f): labels for f, labels in zip(coco128_val.im_files, coco128_val.labels)}
+    by_file = {os.path.basename(f): labels for f, labels in zip(mini_val.im_files, mini_val.labels)}
     for path, labels in zip(dataset.im_files, dataset.labels):
         expected = by_file[os.path.basename(path)]
         assert labels.shape == expected.shape
         in_order = [rows[np.lexsort(rows.T[::-1])] for rows in (labels, expected)]
         np.testing.assert_allclose(*in_order, atol=1e-5)
     coco, image_ids, category_ids = dataset.coco_ground_truth()
-    assert category_ids == COCO_IDS and sorted(image_ids) == list(range(1000, 1128))
+    assert category_ids == CATEGORY_IDS and sorted(image_ids) == list(range(1000, 1016))
     assert max(coco.getAnnIds()) > 2**32   # ids preserved, not squeezed into 32 bits
     assert perfect_map(dataset) == pytest.approx(1.0)
 
@@ -147,9 +149,9 @@ def test_yolo_splits_by_folder_name(tmp_path):
     assert resolve_data(str(tmp_path), names_file=["a", "b", "c"]).names == ["a", "b", "c"]
 
 
-def test_image_list_source(coco128, tmp_path):
+def test_image_list_source(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
-    first = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:2]
+    first = sorted((MINI / "images" / "train2017").glob("*.jpg"))[:2]
     (tmp_path / "train.txt").write_text(f"{first[0]}\n\n{os.path.relpath(first[1], tmp_path)}\n")
     spec = resolve_data(str(tmp_path / "train.txt"))
     assert spec.names == ["a", "b"] and [os.path.realpath(f) for f in spec.train.im_files] == [os.path.realpath(f) for f in first]

@@ -14,7 +14,7 @@ PARAMS = {"efficientvit_b0": 682_608, "efficientvit_b1": 4_643_936,
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("backbones", "efficientvit_b0.pt")
+    return load_fixture("efficientvit_b0.pt")
 
 
 def official_naming(cls_state):

@@ -16,7 +16,7 @@ SIZES = [(64, 64), (64, 96), (96, 160)]
 
 @pytest.fixture(scope="module")
 def reference():
-    return load_fixture("backbones", "EMO_1M.pt")
+    return load_fixture("EMO_1M.pt")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ def num_params(model):
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("backbones", "mobilenetv3_large_100.pt")
+    return load_fixture("mobilenetv3_large_100.pt")
 
 
 def assert_maps_match(model, fixture):

@@ -18,7 +18,7 @@ CHANNELS = {"mobilevit_xxs": (48, 64, 80), "mobilevit_xs": (64, 80, 96), "mobile
 
 @pytest.fixture(scope="module")
 def reference():
-    return load_fixture("backbones", "mobilevit_xxs.pt")
+    return load_fixture("mobilevit_xxs.pt")
 
 
 def count(model):
@@ -71,8 +71,9 @@ def test_initialisation_follows_timm():
 
 
 def test_reproduces_timm_features_only(reference):
-    # The 224 input gives a 7×7 stride-32 map: the MobileViT block resizes it to 8×8 and back.
-    assert {i.shape[-1] for i in reference["inputs"]} == {224, 320}
+    # The 224 input gives a 7×7 stride-32 map and 128×160 a 4×5 one: the MobileViT block resizes each to whole
+    # 2×2 patches (8×8, 4×6) and back.
+    assert [tuple(i.shape[-2:]) for i in reference["inputs"]] == [(128, 160), (224, 224)]
     model = loaded(reference["state_dict"])
     assert count(model) + 320 * 80 + 2 * 320 == reference["num_params"]
     assert_reproduces(model, reference)

@@ -27,8 +27,10 @@ def test_yolov5_parameters_and_gflops(scale, params, gflops):
 
 
 def test_reproduces_ultralytics_yolov5n():
-    fixture = load_fixture("yolov5", "model_yolov5n.pt")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in fixture["state_dict"].items()}
+    fixture = load_fixture("model_yolov5n.pt")
+    state = fixture["state_dict"]   # YOLOv5 stores anchors in grid units; the recipe leaves them out
+    strides = torch.tensor(fixture["strides"]).view(-1, 1, 1)
+    state["model.24.anchors"] = torch.tensor(fixture["anchors_pixels"]) / strides
     model = build_model("cspdarknet", scale="n").eval()
     model.load_state_dict(convert_yolov5_state_dict(state))   # strict
     for images, expected in zip(fixture["inputs"], fixture["outputs"]):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import load_fixture, seeded_uniform
 
 from lightdet.boxes import box_iou
 from lightdet.nms import batched_nms, nms, non_max_suppression
@@ -121,9 +121,13 @@ def test_non_max_suppression_options():
 
 
 def test_reproduces_yolov5_fixture():
-    fixture = load_fixture("yolov5", "nms_yolov5n.pt")
+    fixture = load_fixture("nms_yolov5n.pt")
+    prediction = torch.cat((seeded_uniform("nms:xy", (3, 3000, 2)) * 600 + 20,
+                            seeded_uniform("nms:wh", (3, 3000, 2)) * 120 + 4,
+                            seeded_uniform("nms:obj", (3, 3000, 1)),
+                            seeded_uniform("nms:cls", (3, 3000, 80)) ** 4), 2).float()
     for settings, expected in zip(fixture["settings"], fixture["results"]):
-        out = non_max_suppression(fixture["prediction"], **settings)
+        out = non_max_suppression(prediction, **settings)
         assert len(out) == len(expected)
         for det, ref in zip(out, expected):
             assert det.shape == ref.shape, settings

@@ -22,7 +22,7 @@ OFFICIAL_SE_ROWS = {1, 5, 9, 11, 13, 15, 17, 19, 21, 25}
 
 @pytest.fixture(scope="module")
 def reference():
-    return load_fixture("backbones", "repvit_m0_9.pt")
+    return load_fixture("repvit_m0_9.pt")
 
 
 def count(model):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import load_fixture
+from conftest import load_fixture, seeded_uniform
 
 from lightdet.losses import YOLOLoss
 from lightdet.losses.yolo import BOX_LOSSES, HYP_DEFAULTS
@@ -11,7 +11,10 @@ STRIDES = (8, 16, 32)
 
 @pytest.fixture(scope="module")
 def fixture():
-    return load_fixture("yolov5", "loss_yolov5n.pt")
+    fixture = load_fixture("loss_yolov5n.pt")
+    fixture["preds"] = [(seeded_uniform(f"loss:pred{i}", shape) * 6 - 3).float()
+                        for i, shape in enumerate(fixture["pred_shapes"])]
+    return fixture
 
 
 def unscaled_hyp(fixture):
@@ -43,8 +46,6 @@ def test_reproduces_yolov5_loss(fixture):
     loss, items = loss_fn(fixture["preds"], fixture["targets"])
     torch.testing.assert_close(loss.reshape(1), fixture["loss"].reshape(1).float(), rtol=1e-5, atol=0)
     torch.testing.assert_close(items, fixture["items"].float(), rtol=1e-5, atol=0)
-    positives = [len(t.image) for t in loss_fn.build_targets(fixture["preds"], fixture["targets"])]
-    assert positives == list(fixture["positives_per_level"])
 
 
 def test_hyp_is_unscaled_and_scaled_like_yolov5_train():

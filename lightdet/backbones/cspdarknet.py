@@ -7,16 +7,7 @@ The deepest map's SPPF belongs to the neck in lightdet (`lightdet/necks/pan.py`)
 """
 from torch import nn
 
-from ..layers import C3, ConvBNAct, make_divisible
-
-# (depth multiple, width multiple) of YOLOv5 n/s/m/l/x; the PAN neck uses the same table.
-SCALES = {
-    "n": (0.33, 0.25),
-    "s": (0.33, 0.50),
-    "m": (0.67, 0.75),
-    "l": (1.00, 1.00),
-    "x": (1.33, 1.25),
-}
+from ..layers import C3, SCALES, ConvBNAct, make_divisible, scaled_depth
 
 STEM_CHANNELS = 64
 # Base (width 1.0, depth 1.0) stage rows: output channels and bottlenecks in the stage's C3.
@@ -26,11 +17,6 @@ STAGES = [
     dict(channels=512, depth=9),    # stride 16  -> P4
     dict(channels=1024, depth=3),   # stride 32  -> P5
 ]
-
-
-def scaled_depth(depth, depth_multiple):
-    """YOLOv5's rule: round, but keep at least one block."""
-    return max(round(depth * depth_multiple), 1)
 
 
 class CSPDarknet(nn.Module):

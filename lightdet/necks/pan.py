@@ -8,8 +8,7 @@ Attribute comments name the layer index of `yolov5*.yaml`, which `convert_yolov5
 import torch
 from torch import nn
 
-from ..layers import C3, SPPF, ConvBNAct, make_divisible
-from ..backbones.cspdarknet import scaled_depth
+from ..layers import C3, SPPF, ConvBNAct, make_divisible, scaled_depth
 
 
 class PAN(nn.Module):
