@@ -15,13 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, VARIANTS
 from .model import build_model, model_info
-
-
-def variant_names():
-    """Registered names that are variants, not family aliases (an alias points at a differently named constructor)."""
-    return [name for name, build in BACKBONES.items() if build.__name__ == name]
 
 
 def median_latency_ms(module, images, runs, warmup):
@@ -78,7 +73,7 @@ def main(argv=None):
         parser.error(f"unknown backbone(s) {', '.join(unknown)}; valid names: {', '.join(sorted(BACKBONES))}")
 
     rows = []
-    for name in args.names or variant_names():
+    for name in args.names or list(VARIANTS):
         rows.append(measure(name, args.part, args.img, args.runs, args.warmup))
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k != "model"), flush=True)
     print(f"\n{args.part}, {args.img}×{args.img}, batch 1, {torch.get_num_threads()} CPU threads, "

@@ -38,6 +38,21 @@ def scaled_depth(depth, depth_multiple):
     return max(round(depth * depth_multiple), 1)
 
 
+# The BatchNorm settings each reference was built with. YOLOv5 sets eps 1e-3 / momentum 0.03 on every BatchNorm
+# of a model (so lightdet's neck and head use them with every backbone); timm and the official backbone code keep
+# PyTorch's defaults; EMO's code asks for eps 1e-6. A checkpoint reproduces its outputs only with its own eps.
+BN_SETTINGS = {
+    "yolov5": dict(eps=1e-3, momentum=0.03),
+    "timm": dict(eps=1e-5, momentum=0.1),
+    "emo": dict(eps=1e-6, momentum=0.1),
+}
+
+
+def batch_norm(channels, settings="yolov5"):
+    """A BatchNorm2d with the named reference's settings (`BN_SETTINGS`)."""
+    return nn.BatchNorm2d(channels, **BN_SETTINGS[settings])
+
+
 def fuse_conv_bn(conv, bn):
     """Fold an eval-mode BatchNorm into the convolution before it; returns a new conv with a bias.
 
@@ -68,16 +83,17 @@ def fuse_modules(root):
 class ConvBNAct(nn.Module):
     """Conv2d (no bias) → BatchNorm → activation; YOLOv5's `Conv`, with its BatchNorm settings as defaults.
 
-    `act` is an activation class (`nn.SiLU`, `nn.ReLU`, `nn.Hardswish`, ...) or None for a linear output.
-    Padding defaults to 'same' for odd kernels and k//2 otherwise (YOLOv5's k6 s2 p2 stem).
+    `act` is an activation class (`nn.SiLU`, `nn.ReLU`, `nn.Hardswish`, ...) or None for a linear output;
+    `bn` names the reference's BatchNorm settings (`BN_SETTINGS`). Padding defaults to k // 2, 'same' for the
+    odd kernels every block uses; YOLOv5's 6×6 stride-2 stem passes its padding of 2 explicitly.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=None, groups=1,
-                 act=nn.SiLU, bn_eps=1e-3, bn_momentum=0.03):
+                 act=nn.SiLU, bn="yolov5"):
         super().__init__()
         padding = kernel_size // 2 if padding is None else padding
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.bn = batch_norm(out_channels, bn)
         self.act = act() if act is not None else nn.Identity()
 
     def forward(self, x):

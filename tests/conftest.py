@@ -72,3 +72,27 @@ def assert_maps_close(maps, expected, rel=1e-4):
     assert len(maps) == len(expected)
     for out, ref in zip(maps, expected):
         assert max_relative_error(out, ref) <= rel
+
+
+def assert_reproduces(model, fixture, expected=None, rel=1e-4):
+    """`model` (put in eval mode) maps every fixture input to the fixture's outputs (or to `expected`, one list
+    of maps per input)."""
+    model.eval()
+    with torch.no_grad():
+        for images, maps in zip(fixture["inputs"], expected or fixture["outputs"]):
+            assert_maps_close(model(images), maps, rel)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize_batchnorm(model):
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding them is really exercised."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    return model

@@ -5,33 +5,22 @@ import pytest
 import torch
 from torch import nn
 
-from lightdet.backbones import BACKBONES, build_backbone
+from conftest import randomize_batchnorm
+from lightdet.backbones import BACKBONES, DEFAULT_VARIANT, VARIANTS, build_backbone
 from lightdet.layers import fuse_modules
 from lightdet.losses import YOLOLoss
 from lightdet.model import build_model
 
-VARIANTS = [name for name, build in BACKBONES.items() if build.__name__ == name]
-FAMILIES = [name for name, build in BACKBONES.items() if build.__name__ != name]
 
 
-def randomize_batchnorm(model):
-    """Non-trivial BatchNorm statistics, so that folding them is really exercised."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-    return model
+def test_every_family_name_builds_one_of_its_variants():
+    families = {name.split("_")[0] for name in VARIANTS}
+    assert set(DEFAULT_VARIANT) == families   # a new family must name its default variant
+    for family, variant in DEFAULT_VARIANT.items():
+        assert variant.startswith(family + "_") and BACKBONES[family] is VARIANTS[variant]
 
 
-def test_every_family_has_an_alias_to_one_of_its_variants():
-    assert set(FAMILIES) == {"cspdarknet", "mobilenetv3", "repvit", "mobilevit", "efficientvit", "emo"}
-    for family in FAMILIES:
-        assert BACKBONES[family].__name__.startswith(family)
-
-
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_three_maps_at_strides_8_16_32(name):
     backbone = build_backbone(name).eval()
     for height, width in [(64, 64), (64, 96), (96, 160)]:   # 96×160: odd stride-32 map (3×5)
@@ -41,7 +30,7 @@ def test_three_maps_at_strides_8_16_32(name):
             (1, c, height // s, width // s) for c, s in zip(backbone.out_channels, (8, 16, 32))]
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_detector_loss_reaches_every_parameter(name):
     # Residual branches that start as the identity (a zero BatchNorm scale or projection) must be wired in too
     model = randomize_batchnorm(build_model(name, num_classes=3)).train()
@@ -57,7 +46,7 @@ def test_detector_loss_reaches_every_parameter(name):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, parameter_name
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", list(DEFAULT_VARIANT))
 def test_fused_detector_matches_and_has_no_batchnorm(name):
     model = randomize_batchnorm(build_model(name, num_classes=3)).eval()
     images = torch.rand(1, 3, 96, 160)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_maps_close, load_fixture
-from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
-from lightdet.backbones.emo import VARIANTS, emo_1m, from_windows, iRMB, to_windows
+from conftest import assert_reproduces, count_parameters, load_fixture
+from lightdet.backbones import build_backbone, load_pretrained
+from lightdet.backbones.emo import emo_1m, from_windows, iRMB, to_windows
 from lightdet.layers import fuse_modules
 
 # Official EMO feature extractors (classifier, pre-head and final norm removed), counted with the official code.
@@ -26,27 +26,11 @@ def loaded(reference):
     return model
 
 
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def assert_reproduces(model, reference, rel=1e-4):
-    for images, expected in zip(reference["inputs"], reference["outputs"]):
-        with torch.no_grad():
-            maps = model(images.float())
-        assert_maps_close(maps, expected, rel)
-
-
-def test_registry_and_alias():
-    assert BACKBONES["emo"] is emo_1m
-    assert set(VARIANTS) <= set(BACKBONES)
-
-
 def test_fixture_reproduced(reference, loaded):
     assert reference["reference"] == "emo:EMO_1M"
-    assert count(loaded) == reference["num_params"]
+    assert count_parameters(loaded) == reference["num_params"]
     assert loaded.out_channels == tuple(reference["channels"])
-    # Input 0 is 256x320: the stride-16/32 maps (16x20, 8x10) are padded to the 7x7 window grid.
+    # Input 0 is 128×160: the stride-16/32 maps (8×10, 4×5) are zero-padded to 14×14 and 7×7 for the windows.
     assert_reproduces(loaded, reference)
 
 
@@ -73,7 +57,7 @@ def test_missing_key_is_an_error(reference):
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_parameter_count_and_channels(name):
     model = build_backbone(name)
-    assert count(model) == PARAMS[name]
+    assert count_parameters(model) == PARAMS[name]
     assert model.out_channels == CHANNELS[name]
 
 
@@ -82,7 +66,7 @@ def test_fuse_matches_and_leaves_no_batchnorm(loaded):
     fused.load_state_dict(loaded.state_dict())
     fuse_modules(fused)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
-    assert count(fused) < count(loaded)
+    assert count_parameters(fused) < count_parameters(loaded)
     images = torch.rand(1, 3, 96, 160)
     with torch.no_grad():
         for out, ref in zip(fused(images), loaded(images)):

@@ -2,15 +2,11 @@
 import pytest
 import torch
 
-from conftest import assert_maps_close, load_fixture
-from lightdet.backbones import BACKBONES, build_backbone, load_pretrained
+from conftest import assert_reproduces, count_parameters, load_fixture
+from lightdet.backbones import build_backbone, load_pretrained
 from lightdet.backbones.mobilenetv3 import (InvertedResidual, convert_state_dict, mobilenetv3_large,
                                            mobilenetv3_small)
 
-
-
-def num_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -18,62 +14,48 @@ def fixture():
     return load_fixture("mobilenetv3_large_100.pt")
 
 
-def assert_maps_match(model, fixture):
-    model.eval()
-    with torch.no_grad():
-        for x, refs in zip(fixture["inputs"], fixture["outputs"]):
-            assert_maps_close(model(x.float()), refs)
-
-
-def test_registry():
-    assert BACKBONES["mobilenetv3"] is mobilenetv3_large
-    assert BACKBONES["mobilenetv3_large"] is mobilenetv3_large
-    assert BACKBONES["mobilenetv3_small"] is mobilenetv3_small
-
-
 @pytest.mark.parametrize("name, expected, channels", [("mobilenetv3_large", 2_971_952, (40, 112, 960)),
                                                      ("mobilenetv3_small", 927_008, (24, 48, 576))])
 def test_param_count_matches_timm_feature_extractor(name, expected, channels):
     backbone = build_backbone(name)
-    assert num_params(backbone) == expected
+    assert count_parameters(backbone) == expected
     assert backbone.out_channels == channels
 
 
 def test_fixture_features_only_naming(fixture):
     model = mobilenetv3_large()
-    state = {k: v.float() for k, v in fixture["state_dict"].items()}
-    report = load_pretrained(model, state)
-    assert len(report.matched) == len(model.state_dict()) == len(state)
+    report = load_pretrained(model, fixture["state_dict"])
+    assert len(report.matched) == len(model.state_dict()) == len(fixture["state_dict"])
     assert fixture["channels"] == list(model.out_channels)
-    assert_maps_match(model, fixture)
+    assert_reproduces(model, fixture)
     # timm's blocks.5 output (the last inverted residual, 160@32) is our blocks[-1]'s: one more map checked.
     seen = []
     model.blocks[-1].register_forward_hook(lambda module, inputs, output: seen.append(output))
     with torch.no_grad():
         for x, extra in zip(fixture["inputs"], fixture["extra_outputs"]):
-            model(x.float())
+            model(x)
             ref = extra["blocks.5"]
             assert (seen[-1] - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
 def test_fixture_classification_naming(fixture):
     # A timm classification checkpoint: the same tensors under cls_key_map names, plus the head after pooling.
-    state = {fixture["cls_key_map"][k]: v.float() for k, v in fixture["state_dict"].items()}
+    state = {fixture["cls_key_map"][k]: v for k, v in fixture["state_dict"].items()}
     state["conv_head.weight"] = torch.randn(1280, 960, 1, 1)
     state["conv_head.bias"] = torch.randn(1280)
     state["classifier.weight"] = torch.randn(1000, 1280)
     state["classifier.bias"] = torch.randn(1000)
     model = mobilenetv3_large()
     load_pretrained(model, {"state_dict": state})
-    assert_maps_match(model, fixture)
+    assert_reproduces(model, fixture)
 
 
 def test_conversion_is_strict(fixture):
-    state = {k: v.float() for k, v in fixture["state_dict"].items()}
+    state = dict(fixture["state_dict"])
     del state["blocks.3.2.conv_dw.weight"]
     with pytest.raises(ValueError, match=r"missing: blocks\.8\.depthwise\.conv\.weight"):
         load_pretrained(mobilenetv3_large(), state)
-    state = {k: v.float() for k, v in fixture["state_dict"].items()}
+    state = dict(fixture["state_dict"])
     state["blocks.0.0.bn1.extra"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"unexpected: blocks\.0\.depthwise\.bn\.extra"):
         load_pretrained(mobilenetv3_large(), state)
@@ -91,7 +73,7 @@ def test_own_naming_passes_through():
 def test_width_multiplier():
     model = mobilenetv3_large(width=0.75).eval()
     assert model.out_channels == (32, 88, 720)
-    assert num_params(model) < num_params(mobilenetv3_large())
+    assert count_parameters(model) < count_parameters(mobilenetv3_large())
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 64, 96))
     assert [o.shape[1] for o in outs] == list(model.out_channels)

@@ -1,7 +1,7 @@
-"""The backbone registry: variant name -> constructor, plus one alias per family for its default variant.
+"""The backbone registry: variant name -> constructor, and each family's default variant under the family name.
 
-Every backbone returns [P3, P4, P5] (strides 8, 16, 32) and exposes `out_channels` (DESIGN.md). Adding a
-family is one file in this folder and its lines in `BACKBONES`.
+Every backbone returns [P3, P4, P5] (strides 8, 16, 32) and exposes `out_channels` (docs/design.md). Adding a
+family is one file in this folder, its constructors in `VARIANTS` and its default in `DEFAULT_VARIANT`.
 """
 import importlib
 from dataclasses import dataclass, field
@@ -15,37 +15,25 @@ from .mobilenetv3 import mobilenetv3_large, mobilenetv3_small
 from .mobilevit import mobilevit_s, mobilevit_xs, mobilevit_xxs
 from .repvit import repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3
 
-BACKBONES = {
-    "cspdarknet": cspdarknet_n,  # build_model("cspdarknet", scale=s) picks the variant of its own scale
-    "cspdarknet_n": cspdarknet_n,
-    "cspdarknet_s": cspdarknet_s,
-    "cspdarknet_m": cspdarknet_m,
-    "cspdarknet_l": cspdarknet_l,
-    "cspdarknet_x": cspdarknet_x,
-    "efficientvit": efficientvit_b0,
-    "efficientvit_b0": efficientvit_b0,
-    "efficientvit_b1": efficientvit_b1,
-    "efficientvit_b2": efficientvit_b2,
-    "efficientvit_b3": efficientvit_b3,
-    "emo": emo_1m,
-    "emo_1m": emo_1m,
-    "emo_2m": emo_2m,
-    "emo_5m": emo_5m,
-    "emo_6m": emo_6m,
-    "mobilenetv3": mobilenetv3_large,
-    "mobilenetv3_large": mobilenetv3_large,
-    "mobilenetv3_small": mobilenetv3_small,
-    "mobilevit": mobilevit_xxs,
-    "mobilevit_xxs": mobilevit_xxs,
-    "mobilevit_xs": mobilevit_xs,
-    "mobilevit_s": mobilevit_s,
-    "repvit": repvit_m0_9,
-    "repvit_m0_9": repvit_m0_9,
-    "repvit_m1_0": repvit_m1_0,
-    "repvit_m1_1": repvit_m1_1,
-    "repvit_m1_5": repvit_m1_5,
-    "repvit_m2_3": repvit_m2_3,
+# Every variant, by the name of its constructor.
+VARIANTS = {build.__name__: build for build in (
+    cspdarknet_n, cspdarknet_s, cspdarknet_m, cspdarknet_l, cspdarknet_x,
+    efficientvit_b0, efficientvit_b1, efficientvit_b2, efficientvit_b3,
+    emo_1m, emo_2m, emo_5m, emo_6m,
+    mobilenetv3_large, mobilenetv3_small,
+    mobilevit_xxs, mobilevit_xs, mobilevit_s,
+    repvit_m0_9, repvit_m1_0, repvit_m1_1, repvit_m1_5, repvit_m2_3,
+)}
+# What the plain family name builds. build_model("cspdarknet", scale=s) builds the variant of its own scale.
+DEFAULT_VARIANT = {
+    "cspdarknet": "cspdarknet_n",
+    "efficientvit": "efficientvit_b0",
+    "emo": "emo_1m",
+    "mobilenetv3": "mobilenetv3_large",
+    "mobilevit": "mobilevit_xxs",
+    "repvit": "repvit_m0_9",
 }
+BACKBONES = {**{family: VARIANTS[name] for family, name in DEFAULT_VARIANT.items()}, **VARIANTS}
 
 
 def build_backbone(name, **kwargs):

@@ -9,7 +9,7 @@ its q/k/v aggregated over 5×5 neighbourhoods (depthwise 5×5 + grouped 1×1), w
 Follows timm's `efficientvit_mit.py` (eps 1e-5, always the linear form); the official code's eps is 1e-15.
 """
 import re
-from typing import NamedTuple
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -18,26 +18,15 @@ from torch import nn
 from ..layers import ConvBNAct
 
 
-class Variant(NamedTuple):
-    widths: tuple    # stem, then stages 1-4 (strides 2, 4, 8, 16, 32)
-    depths: tuple    # stem DSConvs; stages 1-2: MBConvs (the stride-2 one included);
-                     # stages 3-4: EfficientViT blocks after the stride-2 MBConv
-    head_dim: int    # channels per attention head
-
-
+# widths: stem, then stages 1-4 (strides 2, 4, 8, 16, 32). depths: stem DSConvs; stages 1-2: MBConvs (the
+# stride-2 one included); stages 3-4: EfficientViT blocks after the stride-2 MBConv. head_dim: channels per head.
 VARIANTS = {
-    "b0": Variant(widths=(8, 16, 32, 64, 128), depths=(1, 2, 2, 2, 2), head_dim=16),
-    "b1": Variant(widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16),
-    "b2": Variant(widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32),
-    "b3": Variant(widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32),
+    "efficientvit_b0": dict(widths=(8, 16, 32, 64, 128), depths=(1, 2, 2, 2, 2), head_dim=16),
+    "efficientvit_b1": dict(widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16),
+    "efficientvit_b2": dict(widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32),
+    "efficientvit_b3": dict(widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32),
 }
 EXPAND_RATIO = 4
-
-
-def conv_bn(in_channels, out_channels, kernel_size=1, stride=1, groups=1, act=nn.Hardswish):
-    """ConvBNAct with PyTorch's BatchNorm defaults, which the reference weights were trained with."""
-    return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups=groups, act=act,
-                     bn_eps=1e-5, bn_momentum=0.1)
 
 
 class ConvAct(nn.Module):
@@ -57,8 +46,8 @@ class DSConv(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        self.depth_conv = conv_bn(channels, channels, 3, groups=channels)
-        self.point_conv = conv_bn(channels, channels, 1, act=None)
+        self.depth_conv = ConvBNAct(channels, channels, 3, groups=channels, act=nn.Hardswish, bn="timm")
+        self.point_conv = ConvBNAct(channels, channels, 1, act=None, bn="timm")
 
     def forward(self, x):
         return x + self.point_conv(self.depth_conv(x))
@@ -74,10 +63,10 @@ class MBConv(nn.Module):
     def __init__(self, in_channels, out_channels, stride=1, expand_ratio=EXPAND_RATIO, fewer_norm=False):
         super().__init__()
         hidden = round(in_channels * expand_ratio)
-        conv = ConvAct if fewer_norm else conv_bn
+        conv = ConvAct if fewer_norm else partial(ConvBNAct, act=nn.Hardswish, bn="timm")
         self.inverted_conv = conv(in_channels, hidden, 1)
         self.depth_conv = conv(hidden, hidden, 3, stride, groups=hidden)
-        self.point_conv = conv_bn(hidden, out_channels, 1, act=None)
+        self.point_conv = ConvBNAct(hidden, out_channels, 1, act=None, bn="timm")
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x):
@@ -107,7 +96,7 @@ class LiteMLA(nn.Module):
             # one group per q, k or v of a head: mixes each head's channels, never across heads
             nn.Conv2d(qkv_channels, qkv_channels, 1, groups=3 * heads, bias=False),
         )
-        self.proj = conv_bn(2 * heads * head_dim, channels, 1, act=None)
+        self.proj = ConvBNAct(2 * heads * head_dim, channels, 1, act=None, bn="timm")
 
     def forward(self, x):
         B, _, H, W = x.shape
@@ -143,7 +132,8 @@ class EfficientViT(nn.Module):
 
     def __init__(self, widths, depths, head_dim, expand_ratio=EXPAND_RATIO):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, widths[0], 3, stride=2), *(DSConv(widths[0]) for _ in range(depths[0])))
+        self.stem = nn.Sequential(ConvBNAct(3, widths[0], 3, stride=2, act=nn.Hardswish, bn="timm"),
+                                  *(DSConv(widths[0]) for _ in range(depths[0])))
         stages, in_channels = [], widths[0]
         for index, (width, depth) in enumerate(zip(widths[1:], depths[1:])):
             attention = index >= 2
@@ -204,16 +194,16 @@ def convert_state_dict(state_dict):
 
 
 def efficientvit_b0():
-    return EfficientViT(*VARIANTS["b0"])
+    return EfficientViT(**VARIANTS["efficientvit_b0"])
 
 
 def efficientvit_b1():
-    return EfficientViT(*VARIANTS["b1"])
+    return EfficientViT(**VARIANTS["efficientvit_b1"])
 
 
 def efficientvit_b2():
-    return EfficientViT(*VARIANTS["b2"])
+    return EfficientViT(**VARIANTS["efficientvit_b2"])
 
 
 def efficientvit_b3():
-    return EfficientViT(*VARIANTS["b3"])
+    return EfficientViT(**VARIANTS["efficientvit_b3"])

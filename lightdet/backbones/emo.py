@@ -6,21 +6,20 @@ projection. Attention (stages 3–4 only) mixes the *normalised input* inside wi
 runs on its output, so attention costs C, not 4C, channels. The windows are a strided grid, not Swin's
 contiguous tiles: window (a, b) holds the pixels (i·n1 + a, j·n2 + b), so every window spans the whole map.
 """
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBNAct, DropPath, SqueezeExcite, fuse_conv_bn
+from ..layers import BN_SETTINGS, ConvBNAct, DropPath, SqueezeExcite, batch_norm, fuse_conv_bn
 
-NORM_EPS = 1e-6         # the official code uses 1e-6 for every BatchNorm and LayerNorm
+NORM_EPS = BN_SETTINGS["emo"]["eps"]   # the official code uses 1e-6 for every BatchNorm and LayerNorm
 STEM_CHANNELS = 24
 WINDOW_SIZE = 7
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     depth: int          # iRMBs; the first one has stride 2, twice the expansion and no attention
     channels: int
     exp_ratio: float
@@ -65,7 +64,7 @@ class LayerNorm2d(nn.LayerNorm):
 def make_norm(kind, channels):
     if kind is None:
         return nn.Identity()
-    return {"bn": nn.BatchNorm2d, "ln": LayerNorm2d}[kind](channels, eps=NORM_EPS)
+    return batch_norm(channels, "emo") if kind == "bn" else LayerNorm2d(channels, eps=NORM_EPS)
 
 
 def to_windows(x, num_heads, window_size):
@@ -116,7 +115,7 @@ class iRMB(nn.Module):
         self.v = nn.Conv2d(in_channels, mid_channels, 1) if expand else nn.Identity()
         self.act = act() if expand else nn.Identity()
         self.conv_local = ConvBNAct(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels,
-                                    act=nn.SiLU, bn_eps=NORM_EPS, bn_momentum=0.1)
+                                    act=nn.SiLU, bn="emo")
         self.se = SqueezeExcite(mid_channels, mid_channels, act=nn.SiLU) if se else nn.Identity()
         self.proj = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
         if self.has_skip:   # start as the identity (as MobileNetV3 here): shapes run mAP50 0.49 -> 0.56 (README)
@@ -164,7 +163,7 @@ class EMO(nn.Module):
     def __init__(self, stages, drop_path=0.0):
         super().__init__()
         self.stem_conv = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1)    # has a bias, followed by a BatchNorm
-        self.stem_bn = nn.BatchNorm2d(STEM_CHANNELS, eps=NORM_EPS)
+        self.stem_bn = batch_norm(STEM_CHANNELS, "emo")
         self.stem_block = iRMB(STEM_CHANNELS, STEM_CHANNELS, norm=None, act=nn.SiLU, kernel_size=3,
                                expand=False, se=True, skip=False)
         drop_rates = torch.linspace(0, drop_path, sum(row.depth for row in stages)).tolist()

@@ -14,8 +14,6 @@ from torch import nn
 
 from ..layers import ConvBNAct, SqueezeExcite, make_divisible
 
-# timm's BatchNorm settings (PyTorch defaults), so that timm checkpoints reproduce exactly.
-BN = dict(bn_eps=1e-5, bn_momentum=0.1)
 ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
 
 
@@ -65,8 +63,8 @@ SMALL = [
 # The last 1×1 conv (h-swish) of each table, our stride-32 output. Table 2 marks SE on Small's 576 conv;
 # timm and torchvision (and their published weights) have none there, and neither do we.
 VARIANTS = {
-    "large": dict(rows=LARGE, last_conv=960),
-    "small": dict(rows=SMALL, last_conv=576),
+    "mobilenetv3_large": dict(rows=LARGE, last_conv=960),
+    "mobilenetv3_small": dict(rows=SMALL, last_conv=576),
 }
 
 
@@ -79,13 +77,13 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, in_channels, expanded, out_channels, kernel, stride, se, act):
         super().__init__()
-        self.expand = ConvBNAct(in_channels, expanded, 1, act=act, **BN) if expanded != in_channels else None
-        self.depthwise = ConvBNAct(expanded, expanded, kernel, stride, groups=expanded, act=act, **BN)
+        self.expand = ConvBNAct(in_channels, expanded, 1, act=act, bn="timm") if expanded != in_channels else None
+        self.depthwise = ConvBNAct(expanded, expanded, kernel, stride, groups=expanded, act=act, bn="timm")
         # The squeeze width is a quarter of the expanded width (not of the block input, as in SENet), and the
         # gate is a hard sigmoid: cheap, and exact in fixed point.
         self.se = SqueezeExcite(expanded, make_divisible(expanded / 4), act=nn.ReLU, gate=nn.Hardsigmoid) \
             if se else None
-        self.project = ConvBNAct(expanded, out_channels, 1, act=None, **BN)
+        self.project = ConvBNAct(expanded, out_channels, 1, act=None, bn="timm")
         self.residual = stride == 1 and in_channels == out_channels
         if self.residual:   # start as the identity (Goyal et al. 2017, arXiv:1706.02677, §5.1): trains from
             nn.init.zeros_(self.project.bn.weight)   # scratch faster: 5 shapes epochs, mAP50 0.34 -> 0.46
@@ -106,16 +104,15 @@ class MobileNetV3(nn.Module):
     (the taps of timm's `features_only`).
     """
 
-    def __init__(self, variant="large", width=1.0):
+    def __init__(self, rows, last_conv, width=1.0):
         super().__init__()
-        spec = VARIANTS[variant]
         # timm keeps the 16-channel stem for widths below 0.75.
         stem = make_divisible(STEM * width) if width >= 0.75 else STEM
-        self.stem = ConvBNAct(3, stem, 3, stride=2, act=nn.Hardswish, **BN)
+        self.stem = ConvBNAct(3, stem, 3, stride=2, act=nn.Hardswish, bn="timm")
 
         blocks, taps, stride = [], [], 2
         in_channels, base_in = stem, STEM
-        for i, row in enumerate(spec["rows"]):
+        for i, row in enumerate(rows):
             out_channels = make_divisible(row.out * width)
             # timm scales the expansion as a ratio of the (rounded) input width; at width 1.0 this is the
             # table's exp size. Following it lets timm's other-width checkpoints load too.
@@ -123,14 +120,14 @@ class MobileNetV3(nn.Module):
             blocks.append(InvertedResidual(in_channels, expanded, out_channels, row.kernel, row.stride, row.se,
                                            ACTIVATIONS[row.act]))
             stride *= row.stride
-            rows_after = spec["rows"][i + 1:]
+            rows_after = rows[i + 1:]
             if stride in (8, 16) and (not rows_after or rows_after[0].stride == 2):
                 taps.append(i)
             in_channels, base_in = out_channels, row.out
         self.blocks = nn.ModuleList(blocks)
         self.taps = tuple(taps)
-        last = make_divisible(spec["last_conv"] * width)
-        self.last_conv = ConvBNAct(in_channels, last, 1, act=nn.Hardswish, **BN)
+        last = make_divisible(last_conv * width)
+        self.last_conv = ConvBNAct(in_channels, last, 1, act=nn.Hardswish, bn="timm")
         self.out_channels = tuple(self.blocks[i].project.conv.out_channels for i in taps) + (last,)
 
     def forward(self, x):
@@ -192,8 +189,8 @@ def convert_state_dict(state_dict):
 
 
 def mobilenetv3_large(width=1.0):
-    return MobileNetV3("large", width)
+    return MobileNetV3(**VARIANTS["mobilenetv3_large"], width=width)
 
 
 def mobilenetv3_small(width=1.0):
-    return MobileNetV3("small", width)
+    return MobileNetV3(**VARIANTS["mobilenetv3_small"], width=width)

@@ -9,8 +9,8 @@ and fused by a 3×3 conv. The rest of the network is MobileNetV2 inverted residu
 """
 import math
 import re
-from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from torch import nn
 
 from ..layers import ConvBNAct
 
-BN = dict(bn_eps=1e-5, bn_momentum=0.1)   # timm/PyTorch BatchNorm defaults, as the reference weights use
 # In place: no fresh buffer per activation, which counts at strides 2 and 4 (maps of 6-50 MB at 640×640).
 SiLU = partial(nn.SiLU, inplace=True)
 PATCH = 2          # patch side of every MobileViT block in v1's xxs/xs/s
@@ -26,8 +25,7 @@ NUM_HEADS = 4
 MLP_RATIO = 2
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     channels: int              # output channels
     blocks: int                # inverted residual blocks; the first one carries the stride
     stride: int
@@ -38,21 +36,21 @@ class Stage:
 STEM_CHANNELS = 16   # a 3×3 stride-2 conv
 # The paper's Table 4 (timm `model_cfgs`). Columns: channels, MV2 blocks, stride, transformer d, layers L.
 VARIANTS = {
-    "xxs": dict(expansion=2, stages=(
+    "mobilevit_xxs": dict(expansion=2, stages=(
         Stage(16, 1, 1),              # stride 2
         Stage(24, 3, 2),              # stride 4
         Stage(48, 1, 2, 64, 2),       # stride 8   -> P3
         Stage(64, 1, 2, 80, 4),       # stride 16  -> P4
         Stage(80, 1, 2, 96, 3),       # stride 32  -> P5
     )),
-    "xs": dict(expansion=4, stages=(
+    "mobilevit_xs": dict(expansion=4, stages=(
         Stage(32, 1, 1),
         Stage(48, 3, 2),
         Stage(64, 1, 2, 96, 2),
         Stage(80, 1, 2, 120, 4),
         Stage(96, 1, 2, 144, 3),
     )),
-    "s": dict(expansion=4, stages=(
+    "mobilevit_s": dict(expansion=4, stages=(
         Stage(32, 1, 1),
         Stage(64, 3, 2),
         Stage(96, 1, 2, 144, 2),
@@ -69,9 +67,9 @@ class InvertedResidual(nn.Module):
     def __init__(self, in_channels, out_channels, stride, expansion):
         super().__init__()
         hidden = in_channels * expansion
-        self.conv1_1x1 = ConvBNAct(in_channels, hidden, 1, act=SiLU, **BN)
-        self.conv2_kxk = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=SiLU, **BN)
-        self.conv3_1x1 = ConvBNAct(hidden, out_channels, 1, act=None, **BN)
+        self.conv1_1x1 = ConvBNAct(in_channels, hidden, 1, act=SiLU, bn="timm")
+        self.conv2_kxk = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=SiLU, bn="timm")
+        self.conv3_1x1 = ConvBNAct(hidden, out_channels, 1, act=None, bn="timm")
         self.residual = stride == 1 and in_channels == out_channels
         if self.residual:   # start as the identity, as timm does (byobnet's zero_init_last)
             nn.init.zeros_(self.conv3_1x1.bn.weight)
@@ -146,12 +144,12 @@ class MobileViTBlock(nn.Module):
 
     def __init__(self, channels, dim, depth):
         super().__init__()
-        self.conv_kxk = ConvBNAct(channels, channels, 3, act=SiLU, **BN)
+        self.conv_kxk = ConvBNAct(channels, channels, 3, act=SiLU, bn="timm")
         self.conv_1x1 = nn.Conv2d(channels, dim, 1, bias=False)
         self.transformer = nn.Sequential(*(TransformerLayer(dim) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
-        self.conv_proj = ConvBNAct(dim, channels, 1, act=SiLU, **BN)
-        self.conv_fusion = ConvBNAct(2 * channels, channels, 3, act=SiLU, **BN)
+        self.conv_proj = ConvBNAct(dim, channels, 1, act=SiLU, bn="timm")
+        self.conv_fusion = ConvBNAct(2 * channels, channels, 3, act=SiLU, bn="timm")
 
     def forward(self, x):
         y = self.conv_1x1(self.conv_kxk(x))                        # (B, d, H, W)
@@ -174,7 +172,7 @@ class MobileViT(nn.Module):
 
     def __init__(self, stages, expansion):
         super().__init__()
-        self.stem = ConvBNAct(3, STEM_CHANNELS, 3, 2, act=SiLU, **BN)
+        self.stem = ConvBNAct(3, STEM_CHANNELS, 3, 2, act=SiLU, bn="timm")
         blocks_per_stage, in_channels = [], STEM_CHANNELS
         for row in stages:
             blocks = []
@@ -229,12 +227,12 @@ def convert_state_dict(state_dict):
 
 
 def mobilevit_xxs():
-    return MobileViT(**VARIANTS["xxs"])
+    return MobileViT(**VARIANTS["mobilevit_xxs"])
 
 
 def mobilevit_xs():
-    return MobileViT(**VARIANTS["xs"])
+    return MobileViT(**VARIANTS["mobilevit_xs"])
 
 
 def mobilevit_s():
-    return MobileViT(**VARIANTS["s"])
+    return MobileViT(**VARIANTS["mobilevit_s"])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBNAct, SqueezeExcite, fuse_conv_bn, make_divisible
+from ..layers import ConvBNAct, SqueezeExcite, batch_norm, fuse_conv_bn, make_divisible
 
 # Embed dims and block counts of stages 0-3 (timm's counts: each stage 1-3 also starts with a downsampling
 # layer, which holds the previous resolution's last block; the paper counts that block in the earlier stage).
@@ -36,20 +36,14 @@ KERNEL_SIZE = 3
 SE_RATIO = 0.25
 
 
-def conv_bn(in_channels, out_channels, kernel_size=1, stride=1, groups=1, act=None):
-    """timm's `ConvNorm` (Conv2d without bias → BatchNorm with PyTorch's defaults, eps 1e-5), optional act."""
-    return ConvBNAct(in_channels, out_channels, kernel_size, stride, groups=groups, act=act,
-                     bn_eps=1e-5, bn_momentum=0.1)
-
-
 class RepVGGDW(nn.Module):
     """Token mixer: BN(3×3 DW conv+BN  +  1×1 DW conv  +  identity); one 3×3 DW conv after `fuse()`."""
 
     def __init__(self, channels, kernel_size=KERNEL_SIZE):
         super().__init__()
-        self.conv = conv_bn(channels, channels, kernel_size, groups=channels)
+        self.conv = ConvBNAct(channels, channels, kernel_size, groups=channels, act=None, bn="timm")
         self.conv1 = nn.Conv2d(channels, channels, 1, groups=channels)
-        self.bn = nn.BatchNorm2d(channels)
+        self.bn = batch_norm(channels, "timm")
         self.fused = None
 
     def forward(self, x):
@@ -81,8 +75,8 @@ class ConvMlp(nn.Module):
 
     def __init__(self, channels, hidden_channels):
         super().__init__()
-        self.conv1 = conv_bn(channels, hidden_channels, act=nn.GELU)
-        self.conv2 = conv_bn(hidden_channels, channels)
+        self.conv1 = ConvBNAct(channels, hidden_channels, act=nn.GELU, bn="timm")
+        self.conv2 = ConvBNAct(hidden_channels, channels, act=None, bn="timm")
         nn.init.zeros_(self.conv2.bn.weight)   # its residual starts as the identity (official, timm: bn_weight_init=0)
 
     def forward(self, x):
@@ -112,8 +106,9 @@ class RepViTDownsample(nn.Module):
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.pre_block = RepViTBlock(in_channels, use_se=False)
-        self.spatial_downsample = conv_bn(in_channels, in_channels, KERNEL_SIZE, stride=2, groups=in_channels)
-        self.channel_downsample = conv_bn(in_channels, out_channels)
+        self.spatial_downsample = ConvBNAct(in_channels, in_channels, KERNEL_SIZE, 2, groups=in_channels, act=None,
+                                            bn="timm")
+        self.channel_downsample = ConvBNAct(in_channels, out_channels, act=None, bn="timm")
         self.ffn = ConvMlp(out_channels, out_channels * MLP_RATIO)
 
     def forward(self, x):
@@ -140,8 +135,8 @@ class RepViT(nn.Module):
     def __init__(self, widths, depths):
         super().__init__()
         self.stem = nn.Sequential(OrderedDict(
-            conv1=conv_bn(3, widths[0] // 2, 3, stride=2, act=nn.GELU),
-            conv2=conv_bn(widths[0] // 2, widths[0], 3, stride=2),
+            conv1=ConvBNAct(3, widths[0] // 2, 3, stride=2, act=nn.GELU, bn="timm"),
+            conv2=ConvBNAct(widths[0] // 2, widths[0], 3, stride=2, act=None, bn="timm"),
         ))
         in_channels, stages = widths[0], []
         for i, (width, depth) in enumerate(zip(widths, depths)):
