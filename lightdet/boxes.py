@@ -1,23 +1,35 @@
-"""Box formats and box geometry shared by the losses, NMS and prediction.
+"""Box formats and box geometry shared by the losses, NMS, data and evaluation.
 
-Formats (DESIGN.md): `xyxy` is (x1, y1, x2, y2), top-left and bottom-right corners; `cxcywh` is
-(centre x, centre y, width, height). Coordinates are pixels unless a name says otherwise (`_norm`).
-Every function takes boxes as `Tensor[..., 4]` (`Tensor[N, 4]` where a count matters) and returns new tensors:
-nothing is modified in place.
+Formats (docs/design.md): `xyxy` is (x1, y1, x2, y2), top-left and bottom-right corners; `cxcywh` is
+(centre x, centre y, width, height); `xywh` is COCO's (x1, y1, width, height). Coordinates are pixels unless a
+name says otherwise (`_norm`). Functions take boxes as `Tensor[..., 4]` (`Tensor[N, 4]` where a count matters)
+and return new tensors: nothing is modified in place. The format conversions accept numpy arrays too (the data
+pipeline works in numpy) and return the same type.
 """
+import numpy as np
 import torch
 
 
+def _stack(columns, like):
+    return torch.stack(columns, -1) if isinstance(like, torch.Tensor) else np.stack(columns, -1)
+
+
 def cxcywh_to_xyxy(boxes):
-    """`Tensor[..., 4]` (cx, cy, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1)
+    """`[..., 4]` (cx, cy, w, h) -> `[..., 4]` (x1, y1, x2, y2)."""
+    cx, cy, w, h = (boxes[..., i] for i in range(4))
+    return _stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), boxes)
 
 
 def xyxy_to_cxcywh(boxes):
-    """`Tensor[..., 4]` (x1, y1, x2, y2) -> `Tensor[..., 4]` (cx, cy, w, h)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), -1)
+    """`[..., 4]` (x1, y1, x2, y2) -> `[..., 4]` (cx, cy, w, h)."""
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    return _stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), boxes)
+
+
+def xyxy_to_xywh(boxes):
+    """`[..., 4]` (x1, y1, x2, y2) -> `[..., 4]` COCO's (x1, y1, w, h)."""
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    return _stack((x1, y1, x2 - x1, y2 - y1), boxes)
 
 
 def box_area(boxes):

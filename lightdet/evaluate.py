@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from .boxes import scale_boxes
+from .boxes import scale_boxes, xyxy_to_xywh
 from .nms import non_max_suppression
 
 
@@ -40,8 +40,7 @@ def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, max_det=300, de
         seconds += (loaded - start, inferred - loaded, time.perf_counter() - inferred)
         images_seen += len(paths)
         for result, path, (original_shape, ratio_pad) in zip(results, paths, shape_infos):
-            boxes = scale_boxes(result[:, :4], images.shape[2:], original_shape, ratio_pad).cpu()
-            boxes[:, 2:] -= boxes[:, :2]   # xyxy -> COCO's x, y, w, h
+            boxes = xyxy_to_xywh(scale_boxes(result[:, :4], images.shape[2:], original_shape, ratio_pad).cpu())
             image_id = image_ids[index_of[path]]
             detections += [{"image_id": image_id, "category_id": category_ids[int(c)],
                             "bbox": [round(float(v), 3) for v in box], "score": round(float(s), 5)}

@@ -1,6 +1,8 @@
+import numpy as np
 import torch
 
-from lightdet.boxes import box_area, box_iou, clip_boxes, cxcywh_to_xyxy, scale_boxes, xyxy_to_cxcywh
+from lightdet.boxes import (box_area, box_iou, clip_boxes, cxcywh_to_xyxy, scale_boxes, xyxy_to_cxcywh,
+                            xyxy_to_xywh)
 
 
 def test_format_conversions_known_values_and_round_trip():
@@ -11,6 +13,11 @@ def test_format_conversions_known_values_and_round_trip():
     boxes = torch.rand(2, 5, 4) * 100
     torch.testing.assert_close(xyxy_to_cxcywh(cxcywh_to_xyxy(boxes)), boxes)  # any leading shape
     assert torch.equal(box_area(xyxy), torch.tensor([2400.0, 1.0]))
+    assert xyxy_to_xywh(xyxy).tolist() == [[10, 20, 40, 60], [0, 0, 1, 1]]   # COCO's corner + size
+    # numpy in, numpy out, same values: the data pipeline converts its labels with the same functions
+    as_numpy = cxcywh_to_xyxy(cxcywh.numpy())
+    assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, xyxy.numpy())
+    assert np.array_equal(xyxy_to_cxcywh(xyxy.numpy()), cxcywh.numpy())
 
 
 def test_box_iou_known_values_shape_and_symmetry():

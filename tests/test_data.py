@@ -190,6 +190,19 @@ def _write_dirty_dataset(root):
     (labels / "ghost.txt").write_text(box)   # a label file without an image
 
 
+def test_utf8_byte_order_marks_are_ignored(tmp_path):
+    """Windows editors save UTF-8 with a BOM: it must not become part of a class name or a label's first field."""
+    for folder in ("images/train", "labels/train"):
+        (tmp_path / folder).mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "train" / "a.jpg")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n", encoding="utf-8-sig")
+    (tmp_path / "labels" / "train" / "a.txt").write_text("1 0.5 0.5 0.25 0.25\r\n", encoding="utf-8-sig")
+    spec = resolve_data(str(tmp_path))
+    assert spec.names == ["cat", "dog"]
+    dataset = build_dataset(spec, "train", imgsz=32)
+    np.testing.assert_allclose(dataset.labels[0], [[1, 0.5, 0.5, 0.25, 0.25]])
+
+
 def test_dirty_dataset_is_reported_not_fatal(tmp_path, caplog):
     _write_dirty_dataset(tmp_path)
     with caplog.at_level(logging.WARNING, logger="lightdet.data"):

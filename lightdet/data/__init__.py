@@ -15,7 +15,8 @@ from .dataset import DetectionDataset, build_dataset
 from .loader import build_dataloader, collate
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import ensure_shapes, generate_shapes
-from .sources import DataSpec, DatasetError, Split, resolve_data
+from .labels import DatasetError
+from .sources import DataSpec, Split, resolve_data
 
 __all__ = ["resolve_data", "build_dataset", "build_dataloader", "collate", "DataSpec", "Split", "DatasetError",
            "DetectionDataset", "HYP_DEFAULTS", "ensure_shapes", "generate_shapes", "SHAPES_CLASSES"]

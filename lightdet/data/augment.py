@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+
 # hyp.scratch-low.yaml of YOLOv5 v6/v7 (the augmentation part).
 HYP_DEFAULTS = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
                 "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0}
@@ -29,21 +31,14 @@ FILL = (114, 114, 114)   # YOLOv5's grey for padding and empty mosaic areas
 def xywhn_to_xyxy(boxes, width, height, pad_x=0.0, pad_y=0.0):
     """(n, 4) normalised cx, cy, w, h -> pixels x1, y1, x2, y2 in an image of width × height placed at the pad."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = np.empty_like(boxes)
-    out[:, 0] = width * (boxes[:, 0] - boxes[:, 2] / 2) + pad_x
-    out[:, 1] = height * (boxes[:, 1] - boxes[:, 3] / 2) + pad_y
-    out[:, 2] = width * (boxes[:, 0] + boxes[:, 2] / 2) + pad_x
-    out[:, 3] = height * (boxes[:, 1] + boxes[:, 3] / 2) + pad_y
-    return out
+    return cxcywh_to_xyxy(boxes) * [width, height, width, height] + [pad_x, pad_y, pad_x, pad_y]
 
 
 def xyxy_to_xywhn(boxes, width, height, eps=1e-3):
     """(n, 4) pixels x1, y1, x2, y2 -> normalised cx, cy, w, h, clipped to the image (YOLOv5 clips to size - eps)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width - eps)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height - eps)
-    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2 / width, (boxes[:, 1] + boxes[:, 3]) / 2 / height,
-                     (boxes[:, 2] - boxes[:, 0]) / width, (boxes[:, 3] - boxes[:, 1]) / height], axis=1)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    boxes = boxes.clip(0, [width - eps, height - eps, width - eps, height - eps])
+    return xyxy_to_cxcywh(boxes) / [width, height, width, height]
 
 
 def letterbox_layout(height, width, new_shape, scaleup=True):

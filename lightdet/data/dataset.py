@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from ..boxes import cxcywh_to_xyxy, xyxy_to_xywh
 from .augment import (FILL, HYP_DEFAULTS, compose, hsv_jitter, letterbox_layout, random_affine_matrix, resize,
                       xyxy_to_xywhn)
 from .images import read_image
+from .labels import read_coco
 from .scan import scan_split
-from .sources import read_coco
 
 LOGGER = logging.getLogger("lightdet.data")
 
@@ -198,8 +199,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         images, annotations = [], []
         for i, (path, labels, (h, w)) in enumerate(zip(self.im_files, self.labels, self.shapes.tolist())):
             images.append({"id": i + 1, "file_name": Path(path).name, "height": h, "width": w})
-            for cls, cx, cy, bw, bh in labels.tolist():
-                box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            boxes = xyxy_to_xywh(cxcywh_to_xyxy(labels[:, 1:].astype(np.float64)) * [w, h, w, h])
+            for cls, box in zip(labels[:, 0].tolist(), boxes.tolist()):
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(cls) + 1,
                                     "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(self.names)]

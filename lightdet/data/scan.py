@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .images import check_image
-from .sources import DatasetError, label_path, read_coco, read_yolo_labels
+from .labels import DatasetError, read_coco, read_yolo_labels
+from .sources import label_path
 
 LOGGER = logging.getLogger("lightdet.data")
 SHOWN_MESSAGES = 10

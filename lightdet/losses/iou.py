@@ -36,6 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..boxes import cxcywh_to_xyxy
+
 EPS = 1e-7
 FOCAL_EIOU_GAMMA = 0.5
 SIOU_THETA = 4.0
@@ -60,10 +62,9 @@ def pair_geometry(pred, target, xywh=False, eps=EPS):
 
     Both are `xyxy`, or both `cxcywh` when `xywh=True`.
     """
-    if xywh:
-        (x, y, w, h), (x_gt, y_gt, w_gt, h_gt) = pred.unbind(-1), target.unbind(-1)
-        x1, y1, x2, y2 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
-        gx1, gy1, gx2, gy2 = x_gt - w_gt / 2, y_gt - h_gt / 2, x_gt + w_gt / 2, y_gt + h_gt / 2
+    if xywh:   # sizes as given, not recomputed from the corners (YOLOv5's rounding)
+        (_, _, w, h), (_, _, w_gt, h_gt) = pred.unbind(-1), target.unbind(-1)
+        (x1, y1, x2, y2), (gx1, gy1, gx2, gy2) = cxcywh_to_xyxy(pred).unbind(-1), cxcywh_to_xyxy(target).unbind(-1)
     else:
         (x1, y1, x2, y2), (gx1, gy1, gx2, gy2) = pred.unbind(-1), target.unbind(-1)
         w, h, w_gt, h_gt = x2 - x1, y2 - y1, gx2 - gx1, gy2 - gy1
