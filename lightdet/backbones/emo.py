@@ -118,20 +118,21 @@ class iRMB(nn.Module):
                                     act=nn.SiLU, bn="emo")
         self.se = SqueezeExcite(mid_channels, mid_channels, act=nn.SiLU) if se else nn.Identity()
         self.proj = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
-        if self.has_skip:   # start as the identity (as MobileNetV3 here): shapes run mAP50 0.49 -> 0.56 (README)
+        if self.has_skip:   # start as the identity, as MobileNetV3 here: short runs learn faster (README)
             nn.init.zeros_(self.proj.weight)
         self.drop_path = DropPath(drop_path)
 
     def attend(self, x):
         """Window attention of the normalised map; zero padding to the window grid is not masked (official)."""
+        # softmax(q·kᵀ / √d)·v inside each window and head, d = C / heads. The values are the normalised map
+        # itself (official `attn_pre`): the expansion 1×1 runs after attention, on C channels instead of 4C.
         H, W = x.shape[-2:]
         ws, heads = self.window_size, self.num_heads
-        x = F.pad(x, (0, -W % ws, 0, -H % ws))
-        q, k = self.qk(x).chunk(2, dim=1)
-        # The values are the normalised map itself (official attn_pre): scale head_dim ** -0.5, as official.
-        out = F.scaled_dot_product_attention(to_windows(q, heads, ws), to_windows(k, heads, ws),
-                                             to_windows(x, heads, ws))
-        return from_windows(out, *x.shape[-2:])[:, :, :H, :W]
+        x = F.pad(x, (0, -W % ws, 0, -H % ws))                            # (B, C, Hp, Wp), multiples of ws
+        q, k = self.qk(x).chunk(2, dim=1)                                 # (B, C, Hp, Wp) each
+        q, k, v = (to_windows(t, heads, ws) for t in (q, k, x))           # (B·n1·n2, heads, ws², d)
+        out = F.scaled_dot_product_attention(q, k, v)                     # (B·n1·n2, heads, ws², d)
+        return from_windows(out, *x.shape[-2:])[:, :, :H, :W]             # (B, C, H, W), padding cropped
 
     def forward(self, x):
         shortcut = x

@@ -89,10 +89,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
-        S, N, C = x.shape
-        q, k, v = self.qkv(x).view(S, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)                 # (S, heads, N, C / heads)
-        return self.proj(x.transpose(1, 2).reshape(S, N, C))
+        # softmax(q·kᵀ / √d)·v for each of the S sequences and each head, d = C / heads (Vaswani et al. 2017).
+        S, N, C = x.shape                                            # S sequences of N tokens
+        heads = self.num_heads
+        q, k, v = self.qkv(x).view(S, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)   # each (S, heads, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)                 # (S, heads, N, d)
+        return self.proj(x.transpose(1, 2).reshape(S, N, C))       # heads side by side again: (S, N, C)
 
 
 class Mlp(nn.Module):
