@@ -1,6 +1,6 @@
 """Checkpoints: plain dicts of tensors and Python types, written atomically.
 
-Format (DESIGN.md): {"model": state_dict, "config": build_model kwargs, "names": [class names], "epoch",
+Format (docs/design.md): {"model": state_dict, "config": build_model kwargs, "names": [class names], "epoch",
 "optimizer", "ema", "best_fitness", "args"} — loadable with `torch.load(path, weights_only=True)`.
 """
 import os

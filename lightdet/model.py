@@ -17,7 +17,7 @@ from .necks.pan import PAN
 
 
 def check_backbone(backbone, name):
-    """Run a dummy rectangular image through `backbone` and check the DESIGN.md contract; raise naming the shapes."""
+    """Run a dummy rectangular image through `backbone` and check the backbone contract (docs/design.md); raise naming the shapes."""
     channels = tuple(getattr(backbone, "out_channels", ()))
     if len(channels) != 3:
         raise TypeError(f"backbone {name!r} must expose out_channels as three ints (P3, P4, P5), got {channels!r}")
