@@ -83,6 +83,15 @@ def assert_reproduces(model, fixture, expected=None, rel=1e-4):
             assert_maps_close(model(images), maps, rel)
 
 
+def assert_loading_is_strict(name, state_dict, unexpected, missing):
+    """load_pretrained refuses `state_dict` with the extra key `unexpected`, and without the key `missing`."""
+    from lightdet.backbones import build_backbone, load_pretrained
+    with pytest.raises(ValueError, match="unexpected"):
+        load_pretrained(build_backbone(name), {**state_dict, unexpected: torch.zeros(1)})
+    with pytest.raises(ValueError, match="missing"):
+        load_pretrained(build_backbone(name), {k: v for k, v in state_dict.items() if k != missing})
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 

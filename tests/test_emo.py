@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_reproduces, count_parameters, load_fixture
+from conftest import assert_loading_is_strict, assert_reproduces, count_parameters, load_fixture
 from lightdet.backbones import build_backbone, load_pretrained
 from lightdet.backbones.emo import emo_1m, from_windows, iRMB, to_windows
 from lightdet.layers import fuse_modules
@@ -47,11 +47,9 @@ def test_checkpoint_wrappers_and_classifier_keys(reference, loaded):
         assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
-def test_missing_key_is_an_error(reference):
-    state_dict = dict(reference["state_dict"])
-    del state_dict["stage3.1.qk.conv.weight"]
-    with pytest.raises(ValueError, match="missing"):
-        load_pretrained(emo_1m(), state_dict)
+def test_strict_loading_rejects_missing_and_unknown_keys(reference):
+    assert_loading_is_strict("emo_1m", reference["state_dict"], unexpected="stage3.1.extra.weight",
+                             missing="stage3.1.qk.conv.weight")
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_reproduces, count_parameters, load_fixture
+from conftest import assert_loading_is_strict, assert_reproduces, count_parameters, load_fixture
 from lightdet.backbones import build_backbone, load_pretrained
 from lightdet.backbones.mobilevit import InvertedResidual, MobileViTBlock, mobilevit_xxs
 
@@ -76,14 +76,8 @@ def test_reproduces_timm_classification_checkpoint(reference):
 
 
 def test_strict_loading_rejects_missing_and_unknown_keys(reference):
-    state = dict(reference["state_dict"])
-    state["stages_3.1.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="unexpected"):
-        loaded(state)
-    state = dict(reference["state_dict"])
-    del state["stages_3.1.transformer.2.attn.qkv.bias"]
-    with pytest.raises(ValueError, match="missing"):
-        loaded(state)
+    assert_loading_is_strict("mobilevit_xxs", reference["state_dict"], unexpected="stages_3.1.extra.weight",
+                             missing="stages_3.1.transformer.2.attn.qkv.bias")
 
 
 # 96×160: the stride-32 map is 3×5, odd both ways, so the patch resize runs on a rectangle.

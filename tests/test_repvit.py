@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_reproduces, count_parameters, load_fixture
+from conftest import assert_loading_is_strict, assert_reproduces, count_parameters, load_fixture
 from lightdet.backbones import build_backbone, load_pretrained
 from lightdet.backbones.repvit import VARIANTS, ConvMlp, repvit_m0_9
 
@@ -108,14 +108,8 @@ def test_reproduces_official_checkpoint(reference):
 
 
 def test_strict_loading_rejects_missing_and_unknown_keys(reference):
-    state = dict(reference["state_dict"])
-    state["stages_1.blocks.0.extra.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match="unexpected"):
-        loaded(state)
-    state = dict(reference["state_dict"])
-    del state["stages_2.blocks.3.token_mixer.conv1.bias"]
-    with pytest.raises(ValueError, match="missing"):
-        loaded(state)
+    assert_loading_is_strict("repvit_m0_9", reference["state_dict"], unexpected="stages_1.blocks.0.extra.weight",
+                             missing="stages_2.blocks.3.token_mixer.conv1.bias")
 
 
 @pytest.mark.parametrize("parents_first", [True, False])

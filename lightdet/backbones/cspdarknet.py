@@ -38,12 +38,10 @@ class CSPDarknet(nn.Module):
         self.out_channels = tuple(make_divisible(row["channels"] * width_multiple) for row in STAGES[1:])
 
     def forward(self, x):
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features[1:]
+        x = self.stages[0](self.stem(x))   # stride 4: no output here
+        p3 = self.stages[1](x)
+        p4 = self.stages[2](p3)
+        return [p3, p4, self.stages[3](p4)]
 
 
 def cspdarknet_n():
