@@ -38,6 +38,14 @@ def test_fixture_features_only_naming(fixture):
             assert (seen[-1] - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
+def test_small_fixture_features_only_naming():
+    small = load_fixture("mobilenetv3_small_100.pt")   # the RT-DETR article's backbone: taps 24, 48, 576
+    model = mobilenetv3_small()
+    load_pretrained(model, small["state_dict"])
+    assert count_parameters(model) == small["num_params"] and model.out_channels == tuple(small["channels"])
+    assert_reproduces(model, small)
+
+
 def test_fixture_classification_naming(fixture):
     # A timm classification checkpoint: the same tensors under cls_key_map names, plus the head after pooling.
     state = {fixture["cls_key_map"][k]: v for k, v in fixture["state_dict"].items()}
