@@ -10,11 +10,12 @@ from lightdet.backbones import build_backbone
 from lightdet.boxes import box_iou, cxcywh_to_xyxy
 from lightdet.checkpoint import save_checkpoint
 from lightdet.heads.denoising import denoising_queries
-from lightdet.heads.rtdetr import RTDETRHead, top_scores, token_anchors
+from lightdet.heads.rtdetr import RTDETR_RECIPE, RTDETRHead, top_scores, token_anchors
 from lightdet.losses.detr import RTDETRLoss
 from lightdet.model import convert_ultralytics_rtdetr_state_dict
 from lightdet.necks.hybrid_encoder import HybridEncoder
 from lightdet.nms import non_max_suppression
+from lightdet.optim import build_optimizer, set_learning_rate
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -229,6 +230,22 @@ def test_checkpoint_round_trip(tmp_path):
     images = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(loaded(images)[0], model(images)[0])
+
+
+def test_recipe_optimizer_trains_the_backbone_at_a_tenth_of_the_rate():
+    model = build_model("mobilenetv3_small", num_classes=3, head="rtdetr")
+    recipe = RTDETR_RECIPE
+    optimizer = build_optimizer(model, recipe["optimizer"], recipe["lr"], recipe["momentum"], recipe["weight_decay"],
+                                backbone_lr_scale=recipe["backbone_lr_scale"])
+    backbone = {id(p) for p in model.backbone.parameters()}
+    groups = optimizer.param_groups
+    assert all(g["params"] for g in groups) and all(id(p) in backbone for g in groups[3:] for p in g["params"])
+    assert not any(id(p) in backbone for g in groups[:3] for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    set_learning_rate(optimizer, 5000, 10000, recipe["warmup_iters"], recipe["schedule"], recipe["final_lr_scale"],
+                      warmup_bias_lr=0.0, momentum=recipe["momentum"])
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4] * 3 + [1e-5] * 3)
+    assert [g["weight_decay"] for g in groups] == [0, 1e-4, 0] * 2
 
 
 def test_unknown_head_lists_the_valid_ones():
