@@ -6,7 +6,8 @@ from conftest import load_fixture, seeded_uniform
 
 from lightdet.heads.denoising import Denoising, denoising_queries
 from lightdet.heads.rtdetr import RTDETROutput
-from lightdet.losses.detr import VFL_OFFICIAL, VFL_ULTRALYTICS, RTDETRLoss, hungarian_match, split_targets, varifocal_loss
+from lightdet.losses.detr import (VFL_OFFICIAL, VFL_ULTRALYTICS, RTDETRLoss, hungarian_match, split_targets,
+                                  varifocal_loss)
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def fixture():
 
 def case_inputs(fixture, case):
     """The case's predictions as an RTDETROutput and its targets as (M, 6) rows."""
-    low, high = torch.tensor(fixture["box_lo"], dtype=torch.float64), torch.tensor(fixture["box_hi"], dtype=torch.float64)
+    low, high = (torch.tensor(fixture[key], dtype=torch.float64) for key in ("box_lo", "box_hi"))
 
     def draw(kind, key, shape):
         u = seeded_uniform(key, shape, fixture["seed"])
@@ -55,8 +56,9 @@ def test_matches_of_every_output_equal_ultralytics(fixture, name):
     case = next(c for c in fixture["cases"] if c["name"] == name)
     outputs, targets = case_inputs(fixture, case)
     gts = split_targets(targets, outputs.boxes.shape[1])
-    stack = zip(torch.cat((outputs.enc_boxes[None], outputs.boxes)), torch.cat((outputs.enc_logits[None], outputs.logits)))
-    matches = [hungarian_match(boxes, logits, gts) for boxes, logits in stack]
+    boxes = torch.cat((outputs.enc_boxes[None], outputs.boxes))   # the 7-stack: encoder, decoder layers 0-5
+    logits = torch.cat((outputs.enc_logits[None], outputs.logits))
+    matches = [hungarian_match(b, x, gts) for b, x in zip(boxes, logits)]
     expected = case.get("match_indices") or [None] * 6 + [case["last_layer_matches"]]
     for ours, theirs in zip(matches, expected):
         if theirs is not None:
@@ -104,7 +106,7 @@ def test_denoising_groups_by_hand():
 
 
 def test_denoising_keeps_a_subset_of_crowded_images():
-    targets = torch.cat((torch.zeros(6, 1), torch.zeros(6, 1), torch.rand(6, 2) * 0.5 + 0.25, torch.full((6, 2), 0.1)), 1)
+    targets = torch.cat((torch.zeros(6, 2), torch.rand(6, 2) * 0.5 + 0.25, torch.full((6, 2), 0.1)), 1)   # 6 in image 0
     _, _, _, dn = denoising_queries(targets, 1, torch.ones(1, 4), num_matching=2, num_denoising=4)
     assert (dn.groups, dn.num_queries) == (1, 8)
     kept = dn.gt_index[0].tolist()

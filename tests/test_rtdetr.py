@@ -1,5 +1,9 @@
 """RT-DETR: the hybrid encoder and decoder against ultralytics 8.4 (tests/fixtures/rtdetr_*.pt) through the
-state_dict converter, the parameter counts, post-processing, fusion, gradients and checkpoints."""
+state_dict converter, the parameter counts, post-processing, fusion, gradients, checkpoints and a one-batch
+overfit."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import load_fixture, max_relative_error, seeded_uniform
@@ -9,6 +13,7 @@ from lightdet import Detector, build_model
 from lightdet.backbones import build_backbone
 from lightdet.boxes import box_iou, cxcywh_to_xyxy
 from lightdet.checkpoint import save_checkpoint
+from lightdet.data import generate_shapes
 from lightdet.heads.denoising import denoising_queries
 from lightdet.heads.rtdetr import RTDETR_RECIPE, RTDETRHead, top_scores, token_anchors
 from lightdet.losses.detr import RTDETRLoss
@@ -66,6 +71,7 @@ def test_mobilenetv3_small_rtdetr_has_the_articles_parameter_count():
     assert (count(model), count(model.backbone), count(model.neck), count(model.head)) == (
         19_592_492, 927_008, 11_199_232, 7_466_252)
     assert count(RTDETRHead(81, (256,) * 3)) - count(model.head) == 2_055   # per class: 7 score heads + embedding
+    assert count(HybridEncoder((512, 1024, 2048))) == 11_950_848             # on rtdetr-l's own backbone (HGNetv2)
     assert model.config["head"] == "rtdetr"
 
 
@@ -109,7 +115,8 @@ def test_decoder_matches_ultralytics_in_eval(decoder_fixture, case):
 
 def test_decoder_matches_ultralytics_in_training_with_denoising():
     fixture = load_fixture("rtdetr_decoder_train.pt")
-    maps = [(seeded_uniform(f"train:input:{level}", m.shape) * 4 - 2).float() for level, m in enumerate(fixture["inputs"])]
+    maps = [(seeded_uniform(f"train:input:{level}", m.shape) * 4 - 2).float()   # this file's own input names
+            for level, m in enumerate(fixture["inputs"])]
     head = load_part(RTDETRHead(80, (256,) * 3).train(), fixture, "head.", row=28)
     stored = fixture["targets"]
     targets = torch.cat((stored["batch_idx"][:, None].float(), stored["cls"][:, None].float(), stored["bboxes"]), 1)
@@ -246,6 +253,21 @@ def test_recipe_optimizer_trains_the_backbone_at_a_tenth_of_the_rate():
                       warmup_bias_lr=0.0, momentum=recipe["momentum"])
     assert [g["lr"] for g in groups] == pytest.approx([1e-4] * 3 + [1e-5] * 3)
     assert [g["weight_decay"] for g in groups] == [0, 1e-4, 0] * 2
+
+
+def test_eval_script_scores_an_rtdetr_checkpoint(tmp_path):
+    """eval.py rebuilds the model from the checkpoint alone and evaluates through the head's post-processing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import eval as eval_script   # the repository's eval.py, not the builtin
+
+    data = generate_shapes(tmp_path / "shapes", num_train=1, num_val=2, processes=1)
+    model = build_model("mobilenetv3_small", num_classes=6, head="rtdetr")
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "config": model.config, "names": [str(i) for i in range(6)],
+                     "args": {"data": str(data), "img": 64}}, path)
+    metrics = eval_script.main(["--weights", str(path), "--workers", "0", "--batch", "2"])
+    assert len(metrics["detections"]) == 2 * 300   # untrained: every (query, class) score is ~0.01 > conf 0.001
+    assert 0 <= metrics["mAP50"] <= 1
 
 
 def test_unknown_head_lists_the_valid_ones():

@@ -109,7 +109,7 @@ class MSDeformableAttention(nn.Module):
         # Sampling locations: offsets in units of the reference box's half size, divided by the point count,
         # so the points spread over the box whatever its size.
         centre, size = reference[:, :, None, None, None, :2], reference[:, :, None, None, None, 2:]
-        locations = centre + offsets / points * size * 0.5                                 # (B, Q, H, L, P, 2) x, y in 0..1
+        locations = centre + offsets / points * size * 0.5              # (B, Q, H, L, P, 2): x, y in 0..1
         grids = 2 * locations - 1                                                          # grid_sample's −1..1
         out = 0
         for level, (level_value, (height, width)) in enumerate(zip(value.split([h * w for h, w in shapes], 1), shapes)):
@@ -120,7 +120,7 @@ class MSDeformableAttention(nn.Module):
             samples = F.grid_sample(level_map, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             level_weights = weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, num_queries, points)
             out = out + (samples * level_weights).sum(-1)                                  # (B·H, d, Q)
-        out = out.view(batch, heads * head_dim, num_queries).transpose(1, 2)               # (B, Q, C), heads concatenated
+        out = out.view(batch, heads * head_dim, num_queries).transpose(1, 2)   # (B, Q, C), heads concatenated
         return self.output_proj(out)
 
 

@@ -50,7 +50,8 @@ def hungarian_match(boxes, logits, gts, costs=MATCH_COSTS):
     if sum(len(classes) for classes, _ in gts) == 0:
         return [(empty, empty)] * len(gts)
     all_classes = torch.cat([classes for classes, _ in gts])
-    all_boxes = torch.cat([b for _, b in gts])
+    all_boxes = torch.cat([b for _, b in gts]).float()
+    boxes, logits = boxes.float(), logits.float()   # under autocast: 1e-8 and the IoU's 1e-7 vanish in float16
     # One (B, Q, M) cost over all ground truths of the batch, moved to the CPU at once; each image uses its block.
     p = logits.sigmoid()[..., all_classes]
     positive = FOCAL_COST_ALPHA * (1 - p) ** FOCAL_COST_GAMMA * -(p + 1e-8).log()
@@ -69,7 +70,7 @@ def hungarian_match(boxes, logits, gts, costs=MATCH_COSTS):
 
 
 def varifocal_loss(logits, scores, labels, gamma, alpha, detach_weight):
-    """Σ BCE(x, t)·(α·σ(x)^γ·(1 − label) + t·label): logits, target scores t and one-hot labels of one shape."""
+    """Σ BCE(x, t)·(α·σ(x)^γ·(1 − label) + t·label); logits, target scores t and one-hot labels alike."""
     probability = logits.sigmoid()
     if detach_weight:
         probability = probability.detach()
@@ -78,7 +79,7 @@ def varifocal_loss(logits, scores, labels, gamma, alpha, detach_weight):
 
 
 def focal_loss_no_objects(logits, gamma, alpha):
-    """Focal loss (Lin et al., arXiv:1708.02002) against all-zero targets, summed: Σ BCE(x, 0)·σ(x)^γ·(1 − α)."""
+    """Focal loss (Lin et al., arXiv:1708.02002) on all-zero targets, summed: Σ BCE(x, 0)·σ(x)^γ·(1 − α)."""
     return (F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
             * logits.sigmoid() ** gamma * (1 - alpha)).sum()
 
@@ -113,12 +114,14 @@ class RTDETRLoss(nn.Module):
             zero = boxes.new_zeros(())
             return terms | {f"{name}_dn": zero for name in terms}
         dn = outputs.denoising
-        fixed = [(slots.cpu(), gt_index.cpu().repeat(dn.groups)) for slots, gt_index in zip(dn.positive_slots, dn.gt_index)]
+        fixed = [(slots.cpu(), gt_index.cpu().repeat(dn.groups))
+                 for slots, gt_index in zip(dn.positive_slots, dn.gt_index)]
         dn_layers = [self.output_loss(b, x, gts, fixed) for b, x in zip(outputs.dn_boxes, outputs.dn_logits)]
         return terms | self.named(dn_layers[-1], "_dn") | self.named(self.sum(dn_layers[:-1]), "_aux_dn")
 
     def output_loss(self, boxes, logits, gts, matches):
         """(class, L1, GIoU) losses of one output: boxes (B, Q, 4), logits (B, Q, nc), matches per image."""
+        boxes, logits = boxes.float(), logits.float()
         image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(boxes.device)
         query = torch.cat([q for q, _ in matches]).to(boxes.device)
         gt_boxes = torch.cat([gt_b[j.to(gt_b.device)] for (_, gt_b), (_, j) in zip(gts, matches)])

@@ -21,7 +21,7 @@ from ..layers import ConvBNAct, MultiHeadAttention, fuse_conv_bn
 def sincos_position_embedding(height, width, dim, temperature=10000.0, device=None):
     """2-D sine-cosine position embedding for a map flattened row-major (token y·W + x): `Tensor[H·W, dim]`,
 
-        [sin(y·ω) | cos(y·ω) | sin(x·ω) | cos(x·ω)],   ω_k = temperature^(−k / (dim/4)),  k = 0 … dim/4 − 1,
+        [sin(y·ω) | cos(y·ω) | sin(x·ω) | cos(x·ω)],  ω_k = temperature^(−k / (dim/4)),  k = 0 … dim/4 − 1,
 
     float32. Built for each map size, so a rectangular map gets rows and columns right.
     """
@@ -129,12 +129,12 @@ class HybridEncoder(nn.Module):
 
     def forward(self, features):
         # Shapes for rtdetr-l's widths (hidden 256) at a 640×640 input.
-        p3, p4, p5 = (proj(f) for proj, f in zip(self.input_proj, features))     # (B,256,80,80) (B,256,40,40) (B,256,20,20)
-        y5 = self.lateral_p5(self.aifi(p5))                                         # (B, 256, 20, 20)
+        p3, p4, p5 = (proj(f) for proj, f in zip(self.input_proj, features))  # (B,256,80,80), 40×40, 20×20
+        y5 = self.lateral_p5(self.aifi(p5))                                   # (B, 256, 20, 20)
         # top-down: coarse semantics into the finer maps
-        y4 = self.lateral_p4(self.top_down_p4(torch.cat((self.upsample(y5), p4), 1)))  # (B, 256, 40, 40)
-        x3 = self.out_p3(torch.cat((self.upsample(y4), p3), 1))                     # (B, 256, 80, 80)
+        y4 = self.lateral_p4(self.top_down_p4(torch.cat((self.upsample(y5), p4), 1)))   # (B, 256, 40, 40)
+        x3 = self.out_p3(torch.cat((self.upsample(y4), p3), 1))               # (B, 256, 80, 80)
         # bottom-up: fine localisation back into the coarse maps; it concatenates the lateral outputs y4, y5
-        f4 = self.out_p4(torch.cat((self.down_p3(x3), y4), 1))                      # (B, 256, 40, 40)
-        f5 = self.out_p5(torch.cat((self.down_p4(f4), y5), 1))                      # (B, 256, 20, 20)
+        f4 = self.out_p4(torch.cat((self.down_p3(x3), y4), 1))                # (B, 256, 40, 40)
+        f5 = self.out_p5(torch.cat((self.down_p4(f4), y5), 1))                # (B, 256, 20, 20)
         return [x3, f4, f5]
