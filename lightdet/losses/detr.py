@@ -109,7 +109,7 @@ class RTDETRLoss(nn.Module):
         boxes = torch.cat((outputs.enc_boxes[None], outputs.boxes))
         logits = torch.cat((outputs.enc_logits[None], outputs.logits))
         layers = [self.output_loss(b, x, gts, hungarian_match(b, x, gts, self.costs)) for b, x in zip(boxes, logits)]
-        terms = self.named(layers[-1], "") | self.named(self.sum(layers[:-1]), "_aux")
+        terms = self.named(layers[-1], "") | self.named(self.summed(layers[:-1]), "_aux")
         if outputs.denoising is None:
             zero = boxes.new_zeros(())
             return terms | {f"{name}_dn": zero for name in terms}
@@ -117,7 +117,7 @@ class RTDETRLoss(nn.Module):
         fixed = [(slots.cpu(), gt_index.cpu().repeat(dn.groups))
                  for slots, gt_index in zip(dn.positive_slots, dn.gt_index)]
         dn_layers = [self.output_loss(b, x, gts, fixed) for b, x in zip(outputs.dn_boxes, outputs.dn_logits)]
-        return terms | self.named(dn_layers[-1], "_dn") | self.named(self.sum(dn_layers[:-1]), "_aux_dn")
+        return terms | self.named(dn_layers[-1], "_dn") | self.named(self.summed(dn_layers[:-1]), "_aux_dn")
 
     def output_loss(self, boxes, logits, gts, matches):
         """(class, L1, GIoU) losses of one output: boxes (B, Q, 4), logits (B, Q, nc), matches per image."""
@@ -142,7 +142,8 @@ class RTDETRLoss(nn.Module):
         return loss_class * self.gains["cls"], loss_l1 * self.gains["l1"], loss_giou * self.gains["giou"]
 
     @staticmethod
-    def sum(layers):
+    def summed(layers):
+        """Per-term sums over several outputs: [(cls, l1, giou), ...] -> [Σ cls, Σ l1, Σ giou]."""
         return [sum(values) for values in zip(*layers)]
 
     @staticmethod
