@@ -13,13 +13,13 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from .boxes import scale_boxes, xyxy_to_xywh
-from .nms import non_max_suppression
 
 
 @torch.no_grad()
 def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, max_det=300, device="cpu", amp=False):
-    """Score `model` on the dataset behind `dataloader`; returns a dict of metrics, a per-class table,
-    per-image speeds in ms (pre-process, inference, NMS) and the detections in COCO json format."""
+    """Score `model` (a Detector) on the dataset behind `dataloader`; returns a dict of metrics, a per-class
+    table, per-image speeds in ms (pre-process, inference, post-processing: NMS or top-k) and the detections
+    in COCO json format."""
     dataset = dataloader.dataset
     coco, image_ids, category_ids = dataset.coco_ground_truth()
     index_of = {path: i for i, path in enumerate(dataset.im_files)}
@@ -35,7 +35,7 @@ def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, max_det=300, de
             decoded, _ = model(images)
         _synchronize(device)
         inferred = time.perf_counter()
-        results = non_max_suppression(decoded.float(), conf_thres, iou_thres, max_det=max_det)
+        results = model.postprocess(decoded.float(), conf_thres, iou_thres, max_det)   # NMS, or RT-DETR's top-k
         _synchronize(device)
         seconds += (loaded - start, inferred - loaded, time.perf_counter() - inferred)
         images_seen += len(paths)

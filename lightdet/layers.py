@@ -188,3 +188,39 @@ class SPPF(nn.Module):
         y1 = self.m(x)
         y2 = self.m(y1)
         return self.cv2(torch.cat((x, y1, y2, self.m(y2)), dim=1))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (Vaswani et al., NeurIPS 2017, arXiv:1706.03762) over token sequences.
+
+        head_h = softmax((q W_q^h)(k W_k^h)ᵀ / √d) · (v W_v^h),   out = [head_1, …, head_H] W_o,   d = dim / H
+
+    Parameters are laid out as in `nn.MultiheadAttention` (`in_proj_weight` rows = W_q | W_k | W_v, then
+    `out_proj`), so reference weights load by name. RT-DETR's AIFI and decoder self-attention use it.
+    """
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"MultiHeadAttention: dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)   # nn.MultiheadAttention's initialisation
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query, key, value, blocked=None):
+        """query (B, Lq, dim), key and value (B, Lk, dim) -> (B, Lq, dim).
+
+        blocked: optional bool (Lq, Lk), True where a query may not attend to a key.
+        """
+        batch, length, dim = query.shape
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = nn.functional.linear(query, w_q, b_q).view(batch, length, self.heads, -1).transpose(1, 2)  # (B, H, Lq, d)
+        k = nn.functional.linear(key, w_k, b_k).view(batch, key.shape[1], self.heads, -1).transpose(1, 2)
+        v = nn.functional.linear(value, w_v, b_v).view(batch, value.shape[1], self.heads, -1).transpose(1, 2)
+        allowed = None if blocked is None else ~blocked   # scaled_dot_product_attention: True = may attend
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)   # (B, H, Lq, d)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))

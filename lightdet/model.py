@@ -1,7 +1,8 @@
-"""The detector: a backbone, the PAN neck and the anchor head, composed in Python.
+"""The detector: a backbone, a neck and a head, composed in Python.
 
 `build_model("cspdarknet", scale="n")` is YOLOv5n v6 exactly (1,872,157 parameters at 80 classes); any other
-registered backbone gets the same neck and head at the chosen scale.
+registered backbone gets the same neck and head at the chosen scale. `head="rtdetr"` gives any backbone
+RT-DETR's hybrid encoder and decoder instead (rtdetr-l's; 19,592,492 parameters with mobilenetv3_small).
 """
 import re
 
@@ -12,7 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .backbones import build_backbone
 from .checkpoint import load_checkpoint
 from .heads.anchor import DEFAULT_ANCHORS, AnchorHead
+from .heads.rtdetr import RTDETRHead
 from .layers import SCALES, fuse_modules
+from .necks.hybrid_encoder import HybridEncoder
 from .necks.pan import PAN
 
 
@@ -39,7 +42,8 @@ def check_backbone(backbone, name):
 
 
 class Detector(nn.Module):
-    """Detector(backbone, neck, head): images (B, 3, H, W) RGB 0..1 -> the head's output (see AnchorHead)."""
+    """Detector(backbone, neck, head): images (B, 3, H, W) RGB 0..1 -> the head's output (see AnchorHead,
+    RTDETRHead). `postprocess` turns the eval-mode output into detections, whatever the head."""
 
     def __init__(self, backbone, neck, head, config=None):
         super().__init__()
@@ -49,8 +53,15 @@ class Detector(nn.Module):
         self.head = head
         self.config = dict(config or {})   # build_model's arguments: a checkpoint rebuilds the model from it
 
-    def forward(self, images):
-        return self.head(self.neck(self.backbone(images)))
+    def forward(self, images, targets=None):
+        """targets: (M, 6) rows (image, class, cx, cy, w, h normalised), for heads that use them in training
+        (RT-DETR's denoising queries); the anchor head ignores them."""
+        return self.head(self.neck(self.backbone(images)), targets)
+
+    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300):
+        """The eval-mode output -> one `Tensor[n, 6]` per image: x1, y1, x2, y2 (input pixels), score, class,
+        by descending score. The head decides how: NMS for the anchor head, top-k for RT-DETR."""
+        return self.head.postprocess(predictions, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
 
     @torch.no_grad()
     def fuse(self):
@@ -75,20 +86,30 @@ class Detector(nn.Module):
         return model
 
 
-def build_model(backbone="cspdarknet", num_classes=80, scale="n", anchors=DEFAULT_ANCHORS, **backbone_kwargs):
+HEADS = ("anchor", "rtdetr")
+
+
+def build_model(backbone="cspdarknet", num_classes=80, scale="n", anchors=DEFAULT_ANCHORS, head="anchor",
+                **backbone_kwargs):
     """Build a detector. `backbone` is a registry name (`lightdet.backbones.BACKBONES`); `scale` (n/s/m/l/x)
-    sets the neck's width and depth, and for the plain name "cspdarknet" the backbone's too (YOLOv5<scale>)."""
+    sets the neck's width and depth, and for the plain name "cspdarknet" the backbone's too (YOLOv5<scale>).
+    `head`: "anchor" (YOLOv5's PAN neck and anchor head) or "rtdetr" (RT-DETR's hybrid encoder and decoder,
+    rtdetr-l's widths whatever the scale; `anchors` is not used)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
     depth, width = SCALES[scale]
     body = build_backbone(f"cspdarknet_{scale}" if backbone == "cspdarknet" else backbone, **backbone_kwargs)
+    config = dict(backbone=backbone, num_classes=num_classes, scale=scale, head=head, **backbone_kwargs)
+    if head == "rtdetr":
+        neck = HybridEncoder(body.out_channels)
+        return Detector(body, neck, RTDETRHead(num_classes, neck.out_channels), config)
     neck = PAN(body.out_channels, width=width, depth=depth)
-    head = AnchorHead(num_classes, neck.out_channels, anchors)
-    config = dict(backbone=backbone, num_classes=num_classes, scale=scale,
-                  anchors=[[list(map(float, a)) for a in level] for level in anchors], **backbone_kwargs)
-    return Detector(body, neck, head, config)
+    config["anchors"] = [[list(map(float, a)) for a in level] for level in anchors]
+    return Detector(body, neck, AnchorHead(num_classes, neck.out_channels, anchors), config)
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
@@ -153,5 +174,44 @@ def convert_yolov5_state_dict(state_dict, strides=(8, 16, 32)):
             unknown.append(key)
     if unknown:
         raise KeyError(f"not a YOLOv5 v6 detector state_dict; no place for: {', '.join(unknown[:10])}"
+                       f"{' ...' if len(unknown) > 10 else ''}")
+    return converted
+
+
+# ultralytics rtdetr-l.yaml row -> lightdet module path. Rows 0-9 are the backbone (HGNetv2 there), left to
+# the backbone converters; the rows in between have no parameters (upsampling, concatenation).
+RTDETR_ROWS = {
+    10: "neck.input_proj.2", 11: "neck.aifi", 12: "neck.lateral_p5", 14: "neck.input_proj.1",
+    16: "neck.top_down_p4", 17: "neck.lateral_p4", 19: "neck.input_proj.0", 21: "neck.out_p3",
+    22: "neck.down_p3", 24: "neck.out_p4", 25: "neck.down_p4", 27: "neck.out_p5", 28: "head",
+}
+RTDETR_BACKBONE_ROWS = range(10)
+# Names inside a row that lightdet spells differently: AIFI's attention, the decoder's projection Sequential
+# (conv, BN) and its layer list.
+RTDETR_RENAMES = ((r"^ma\.", "attn."), (r"^input_proj\.(\d)\.0\.", r"input_proj.\1.conv."),
+                  (r"^input_proj\.(\d)\.1\.", r"input_proj.\1.bn."), (r"^decoder\.layers\.", "decoder_layers."))
+
+
+def convert_ultralytics_rtdetr_state_dict(state_dict):
+    """Map an ultralytics RT-DETR state_dict (`model.N.…`, rtdetr-l.yaml rows) onto the neck and head of
+    `build_model(..., head="rtdetr")`: rows 10-27 (the hybrid encoder) to `neck.*`, row 28 (RTDETRDecoder) to
+    `head.*`. Backbone rows 0-9 are dropped (their converters live with the backbones); any other key raises
+    a KeyError. Extract the plain state_dict from a pickled ultralytics checkpoint as for YOLOv5, e.g.
+        torch.save(torch.load("rtdetr-l.pt", weights_only=False)["model"].float().state_dict(), "rtdetr-l_sd.pt")
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        match = re.fullmatch(r"model\.(\d+)\.(.+)", key)
+        row, rest = (int(match.group(1)), match.group(2)) if match else (None, key)
+        if row in RTDETR_BACKBONE_ROWS:
+            continue
+        if row not in RTDETR_ROWS:
+            unknown.append(key)
+            continue
+        for pattern, replacement in RTDETR_RENAMES:
+            rest = re.sub(pattern, replacement, rest)
+        converted[f"{RTDETR_ROWS[row]}.{rest}"] = value
+    if unknown:
+        raise KeyError(f"not an ultralytics RT-DETR state_dict; no place for: {', '.join(unknown[:10])}"
                        f"{' ...' if len(unknown) > 10 else ''}")
     return converted

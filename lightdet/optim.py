@@ -11,32 +11,36 @@ def unwrap(model):
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def build_optimizer(model, name="SGD", lr=0.01, momentum=0.937, weight_decay=5e-4):
+def build_optimizer(model, name="SGD", lr=0.01, momentum=0.937, weight_decay=5e-4, backbone_lr_scale=1.0):
     """YOLOv5's three parameter groups: 0 = norm weights (no decay), 1 = conv/linear weights (decay),
     2 = biases (no decay; their own warm-up). Weight decay on a norm's scale or a bias only shrinks the
-    outputs, so it acts as noise rather than regularisation."""
-    groups = ([], [], [])
+    outputs, so it acts as noise rather than regularisation.
+    backbone_lr_scale != 1 puts the backbone's parameters in three more groups (3, 4, 5, the same kinds) at
+    lr × backbone_lr_scale: DETR-style recipes train a pretrained backbone at a tenth of the rate (RT-DETR)."""
+    scaled = backbone_lr_scale != 1.0
+    backbone = {id(p) for p in model.backbone.parameters()} if scaled else set()
+    groups = tuple([] for _ in range(6 if scaled else 3))
     for module in model.modules():
         for name_, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
+            offset = 3 if id(param) in backbone else 0
             if name_ == "bias":
-                groups[2].append(param)
+                groups[offset + 2].append(param)
             elif param.ndim <= 1 or isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
-                groups[0].append(param)
+                groups[offset].append(param)
             else:
-                groups[1].append(param)
-    param_groups = [{"params": groups[0], "weight_decay": 0.0},
-                    {"params": groups[1], "weight_decay": weight_decay},
-                    {"params": groups[2], "weight_decay": 0.0}]
+                groups[offset + 1].append(param)
+    param_groups = [{"params": params, "weight_decay": weight_decay if index % 3 == 1 else 0.0,
+                     "lr": lr * (backbone_lr_scale if index >= 3 else 1.0)} for index, params in enumerate(groups)]
+    for group in param_groups:
+        group["initial_lr"] = group["lr"]
     if name == "SGD":
         optimizer = torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True)
     elif name == "AdamW":
         optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=(momentum, 0.999))
     else:
         raise ValueError(f"unknown optimizer {name!r}; valid: SGD, AdamW")
-    for group in optimizer.param_groups:
-        group["initial_lr"] = lr
     return optimizer
 
 
@@ -55,7 +59,7 @@ def set_learning_rate(optimizer, iteration, total, warmup, schedule, final, warm
     target = lr_factor(iteration, total, schedule, final)
     ramp = min(iteration / warmup, 1.0) if warmup > 0 else 1.0
     for index, group in enumerate(optimizer.param_groups):
-        start = warmup_bias_lr if index == 2 else 0.0
+        start = warmup_bias_lr if index % 3 == 2 else 0.0
         group["lr"] = start + ramp * (group["initial_lr"] * target - start)
         beta = warmup_momentum + ramp * (momentum - warmup_momentum)
         if "betas" in group:

@@ -8,7 +8,8 @@ exactly as the reference code drew it when it recorded the outputs:
     tensor = value.float()
 
 Inputs are drawn the same way under the name "input:<i>": U(-2, 2) for backbones and blocks, U(0, 1) (an
-image) for whole detectors.
+image) for whole detectors. An input given as a list of shapes (RT-DETR's per-level maps) is a list of tensors,
+level l drawn under the name "input:<i>:<l>".
 """
 import zlib
 from pathlib import Path
@@ -44,8 +45,11 @@ def materialize(fixture):
 
 
 def seeded_input(fixture, index, low=-2.0, high=2.0):
-    """Input `index` of a fixture (a shape in `inputs`), drawn as the reference drew it."""
+    """Input `index` of a fixture (a shape in `inputs`, or a list of shapes), drawn as the reference drew it."""
     shape = fixture["inputs"][index]
+    if isinstance(shape[0], (list, tuple)):
+        return [(low + (high - low) * seeded_uniform(f"input:{index}:{level}", s, fixture["seed"])).float()
+                for level, s in enumerate(shape)]
     return (low + (high - low) * seeded_uniform(f"input:{index}", shape, fixture["seed"])).float()
 
 

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from ..nms import non_max_suppression
+
 # YOLOv5's default anchors (w, h) in pixels for strides 8, 16, 32 (k-means on COCO).
 DEFAULT_ANCHORS = (
     ((10, 13), (16, 30), (33, 23)),
@@ -52,7 +54,8 @@ class AnchorHead(nn.Module):
             bias[:, 4] += math.log(8 / (640 / stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (self.num_classes - 0.99999))
 
-    def forward(self, features):
+    def forward(self, features, targets=None):
+        """targets are not used: YOLOv5 assigns them to cells in its loss (lightdet/losses/yolo.py)."""
         raw = []
         for conv, x in zip(self.pred, features):
             b, _, h, w = x.shape
@@ -73,3 +76,9 @@ class AnchorHead(nn.Module):
         xy = (xy * 2 - 0.5 + cell) * self.strides[level]
         wh = (wh * 2) ** 2 * anchor
         return torch.cat((xy, wh, scores), -1).view(b, na * h * w, no)
+
+    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300):
+        """Detections from the eval-mode output, `(decoded, raw)` or `decoded`: YOLOv5's NMS
+        (`lightdet.nms.non_max_suppression`). Returns one `Tensor[n, 6]` per image: x1, y1, x2, y2 (pixels),
+        score, class."""
+        return non_max_suppression(predictions, conf_thres, iou_thres, max_det=max_det)
