@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ConvBNAct, DropPath, SqueezeExcite, fuse_conv_bn
+from ..layers import ConvBNAct, DropPath, SqueezeExcite, from_windows, fuse_conv_bn, to_windows
 
 NORM_EPS = 1e-6         # the official code uses 1e-6 for every BatchNorm and LayerNorm
 STEM_CHANNELS = 24
@@ -66,28 +66,6 @@ def make_norm(kind, channels):
     if kind is None:
         return nn.Identity()
     return {"bn": nn.BatchNorm2d, "ln": LayerNorm2d}[kind](channels, eps=NORM_EPS)
-
-
-def to_windows(x, num_heads, window_size):
-    """[B, C, H, W] -> [B·n1·n2, heads, ws·ws, C / heads] tokens of the strided-grid windows.
-
-    With n1 = H / ws and n2 = W / ws, pixel (i·n1 + a, j·n2 + b) is token (i, j) of window (a, b), so each
-    window samples the whole map on a grid of step (n1, n2) — the official layout, not Swin's tiles.
-    """
-    B, C, H, W = x.shape
-    ws = window_size
-    n1, n2 = H // ws, W // ws
-    x = x.view(B, num_heads, C // num_heads, ws, n1, ws, n2).permute(0, 4, 6, 1, 3, 5, 2)
-    return x.reshape(B * n1 * n2, num_heads, ws * ws, C // num_heads)
-
-
-def from_windows(x, height, width):
-    """Inverse of `to_windows`: [B·n1·n2, heads, ws·ws, d] -> [B, heads·d, H, W], laid out channels-last."""
-    windows, num_heads, tokens, head_dim = x.shape
-    ws = round(tokens ** 0.5)
-    n1, n2 = height // ws, width // ws
-    x = x.view(-1, n1, n2, num_heads, ws, ws, head_dim).permute(0, 4, 1, 5, 2, 3, 6)
-    return x.reshape(-1, height, width, num_heads * head_dim).permute(0, 3, 1, 2)
 
 
 class iRMB(nn.Module):
