@@ -20,10 +20,7 @@ import torch
 from .backbones import BACKBONES
 from .layers import SCALES
 from .model import build_model, model_info
-from .necks import NECK_ATTENTIONS, NECK_BLOCKS
-
-# Every neck option, YOLOv5's first: (neck_block, neck_attention).
-NECK_OPTIONS = [(block, attention) for block in NECK_BLOCKS for attention in (None, *NECK_ATTENTIONS)]
+from .necks import NECK_OPTIONS
 
 
 def variant_names():

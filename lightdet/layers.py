@@ -65,13 +65,13 @@ def fuse_bn_conv(bn, conv):
                          f"groups {conv.groups}")
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias - bn.running_mean * scale
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=True)
-    weight = conv.weight.flatten(1)
-    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=weight.device)
+    weight = conv.weight
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=True, device=weight.device, dtype=weight.dtype)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
     with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(1, -1, 1, 1))
-        fused.bias.copy_(weight @ shift + bias)
-    return fused.to(conv.weight.device)
+        fused.weight.copy_(weight * scale.view(1, -1, 1, 1))
+        fused.bias.copy_(weight.flatten(1) @ shift + bias)
+    return fused
 
 
 def fuse_modules(root):

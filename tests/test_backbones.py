@@ -9,13 +9,12 @@ from lightdet.backbones import BACKBONES, build_backbone
 from lightdet.layers import fuse_modules
 from lightdet.losses import YOLOLoss
 from lightdet.model import build_model
-from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
+from lightdet.necks import NECK_OPTIONS
 
 VARIANTS = [name for name, build in BACKBONES.items() if build.__name__ == name]
 FAMILIES = [name for name, build in BACKBONES.items() if build.__name__ != name]
 # (backbone, neck_block, neck_attention): each family's default variant with every neck option but YOLOv5's own.
-NECK_CASES = [(family, block, attention) for family in FAMILIES for block in NECK_BLOCKS
-              for attention in (None, *NECK_ATTENTIONS) if (block, attention) != ("c3", None)]
+NECK_CASES = [(family, *option) for family in FAMILIES for option in NECK_OPTIONS[1:]]
 
 
 def randomize_batchnorm(model):

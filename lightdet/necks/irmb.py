@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import C2f, Bottleneck, ConvBNAct, from_windows, fuse_bn_conv, to_windows
+from ..layers import Bottleneck, C2f, ConvBNAct, from_windows, fuse_bn_conv, to_windows
 
 
 class iRMB(nn.Module):
@@ -52,7 +52,7 @@ class iRMB(nn.Module):
         # the projections instead is the same, and lets fuse() fold the BatchNorm into qk and v (their bias
         # after folding must not reach the padding).
         padding = (0, -W % ws, 0, -H % ws)
-        q, k, v = (to_windows(F.pad(t, padding), heads, ws) for t in (q, k, v))   # (B·n1·n2, heads, ws², 8)
+        q, k, v = (to_windows(F.pad(t, padding), heads, ws) for t in (q, k, v))   # (B·n1·n2, heads, ws², dim_head)
         out = F.scaled_dot_product_attention(q, k, v)
         return from_windows(out, H + padding[3], W + padding[1])[:, :, :H, :W]
 
