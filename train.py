@@ -32,6 +32,7 @@ from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table
 from lightdet.losses import YOLOLoss
 from lightdet.model import build_model
+from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate, unwrap
 from lightdet.plots import plot_results
 
@@ -72,6 +73,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", default="cspdarknet", help=f"one of: {', '.join(BACKBONES)}")
     p.add_argument("--scale", default="n", help="neck (and CSPDarknet) size: n s m l x")
+    p.add_argument("--neck-block", default="c3", choices=list(NECK_BLOCKS), help="the neck's CSP block")
+    p.add_argument("--neck-attention", choices=list(NECK_ATTENTIONS), help="a block after each neck output")
     p.add_argument("--data", default="shapes", help="shapes | shapes-hard | YOLO folder | .txt list | COCO json")
     p.add_argument("--names", default=None, help="class names file (one per line) if the dataset has none")
     p.add_argument("--img", type=int, help="training and validation size (multiple of 32)")
@@ -152,7 +155,8 @@ def seed_everything(seed):
 
 
 def build_detector(args, num_classes, device, log):
-    model = build_model(args.backbone, num_classes=num_classes, scale=args.scale)
+    model = build_model(args.backbone, num_classes=num_classes, scale=args.scale, neck_block=args.neck_block,
+                        neck_attention=args.neck_attention)
     if args.weights:
         checkpoint = load_checkpoint(args.weights)
         state = checkpoint.get("ema") or checkpoint["model"]

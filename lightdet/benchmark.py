@@ -2,6 +2,8 @@
 
     python -m lightdet.benchmark                          # every variant, full detector (80 classes, scale n)
     python -m lightdet.benchmark --part backbone repvit_m0_9 mobilevit_xxs --runs 20
+    python -m lightdet.benchmark cspdarknet emo_1m --necks   # each name with every neck option (lightdet.necks)
+    python -m lightdet.benchmark cspdarknet --scale s --necks
 
 Latency is the median of `--runs` timed forward passes at batch 1 after `--warmup` untimed ones, in eval mode
 under `torch.inference_mode`, unfused and after `fuse()`; CUDA latency is added when a GPU is present. Model
@@ -16,7 +18,19 @@ from pathlib import Path
 import torch
 
 from .backbones import BACKBONES, VARIANTS
+from .layers import SCALES
 from .model import build_model, model_info
+from .necks import NECK_OPTIONS
+
+
+def models(names, scale, necks):
+    """(label, build_model kwargs) of each row: every name, with every neck option when `necks` is set."""
+    for name in names:
+        for block, attention in NECK_OPTIONS if necks else NECK_OPTIONS[:1]:
+            label = name + (f", scale {scale}" if scale != "n" else "")
+            if necks:
+                label += f", {block}" + (f" + {attention}" if attention else "")
+            yield label, dict(backbone=name, scale=scale, neck_block=block, neck_attention=attention)
 
 
 def median_latency_ms(module, images, runs, warmup):
@@ -33,12 +47,12 @@ def median_latency_ms(module, images, runs, warmup):
     return statistics.median(times)
 
 
-def measure(name, part, imgsz, runs, warmup):
-    model = build_model(name, num_classes=80, scale="n").eval().to(memory_format=torch.channels_last)
+def measure(label, build_kwargs, part, imgsz, runs, warmup):
+    model = build_model(num_classes=80, **build_kwargs).eval().to(memory_format=torch.channels_last)
     module = model if part == "detector" else model.backbone
     info = model_info(module, imgsz)
     images = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-    row = {"model": name, "params_M": info["params"] / 1e6, "gflops": info["gflops"],
+    row = {"model": label, "params_M": info["params"] / 1e6, "gflops": info["gflops"],
            "cpu_ms": median_latency_ms(module, images, runs, warmup)}
     if torch.cuda.is_available():
         row["cuda_ms"] = median_latency_ms(module.cuda(), images.cuda(), runs, warmup)
@@ -60,6 +74,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="registered names (default: every variant)")
     parser.add_argument("--part", choices=("detector", "backbone"), default="detector")
+    parser.add_argument("--scale", default="n", choices=list(SCALES),
+                        help="neck size (and CSPDarknet's, for the name cspdarknet)")
+    parser.add_argument("--necks", action="store_true", help="measure each name with every neck option")
     parser.add_argument("--img", type=int, default=640)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -71,11 +88,13 @@ def main(argv=None):
     unknown = [n for n in args.names if n not in BACKBONES]
     if unknown:
         parser.error(f"unknown backbone(s) {', '.join(unknown)}; valid names: {', '.join(sorted(BACKBONES))}")
+    if args.necks and args.part == "backbone":
+        parser.error("--necks compares whole detectors; drop --part backbone")
 
     rows = []
-    for name in args.names or list(VARIANTS):
-        rows.append(measure(name, args.part, args.img, args.runs, args.warmup))
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k != "model"), flush=True)
+    for label, build_kwargs in models(args.names or list(VARIANTS), args.scale, args.necks):
+        rows.append(measure(label, build_kwargs, args.part, args.img, args.runs, args.warmup))
+        print(f"{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k != "model"), flush=True)
     print(f"\n{args.part}, {args.img}×{args.img}, batch 1, {torch.get_num_threads()} CPU threads, "
           f"median of {args.runs}\n")
     print(markdown(rows))

@@ -2,7 +2,8 @@
 
 `ConvBNAct`, `SqueezeExcite`, `DropPath` and `make_divisible` serve all backbones; `Bottleneck`, `C3` and
 `SPPF` are YOLOv5's blocks (ultralytics/yolov5 v6, `models/common.py`), used by CSPDarknet and the PAN neck,
-which scale them by YOLOv5's `SCALES` table.
+which scale them by YOLOv5's `SCALES` table; `C2f` is YOLOv8's block (ultralytics `nn/modules/block.py`), a
+neck option. `to_windows` / `from_windows` are EMO's window layout, shared by its backbone and the neck's iRMB.
 YOLOv5's blocks keep YOLOv5's attribute names (`cv1`, `cv2`, `cv3`, `m`) so that official weights map onto
 them by layer index alone.
 """
@@ -66,6 +67,26 @@ def fuse_conv_bn(conv, bn):
         fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
     return fused.to(conv.weight.device)
+
+
+def fuse_bn_conv(bn, conv):
+    """Fold an eval-mode BatchNorm into the 1×1 convolution after it; returns a new conv with a bias.
+
+    W·(s·x + t) + b  =  (W·s) x + (W·t + b),  with s = γ/√(σ² + ε) and t = β − μ·s. Only a 1×1 conv without
+    groups: a wider kernel would add t at the zero-padded border too, where the unfused conv sees zeros.
+    """
+    if conv.kernel_size != (1, 1) or conv.groups != 1:
+        raise ValueError(f"fuse_bn_conv folds into a 1×1 conv without groups, got kernel {conv.kernel_size}, "
+                         f"groups {conv.groups}")
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    weight = conv.weight
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=True, device=weight.device, dtype=weight.dtype)
+    bias = conv.bias if conv.bias is not None else weight.new_zeros(conv.out_channels)
+    with torch.no_grad():
+        fused.weight.copy_(weight * scale.view(1, -1, 1, 1))
+        fused.bias.copy_(weight.flatten(1) @ shift + bias)
+    return fused
 
 
 def fuse_modules(root):
@@ -137,14 +158,39 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-class Bottleneck(nn.Module):
-    """YOLOv5 bottleneck: 1×1 conv → 3×3 conv, plus the input when `shortcut` and the widths agree."""
+def to_windows(x, num_heads, window_size):
+    """[B, C, H, W] -> [B·n1·n2, heads, ws·ws, C / heads] tokens of EMO's strided-grid windows.
 
-    def __init__(self, in_channels, out_channels, shortcut=True, expansion=1.0):
+    With n1 = H / ws and n2 = W / ws, pixel (i·n1 + a, j·n2 + b) is token (i, j) of window (a, b), so each
+    window samples the whole map on a grid of step (n1, n2) — the official EMO layout, not Swin's tiles.
+    """
+    B, C, H, W = x.shape
+    ws = window_size
+    n1, n2 = H // ws, W // ws
+    x = x.view(B, num_heads, C // num_heads, ws, n1, ws, n2).permute(0, 4, 6, 1, 3, 5, 2)
+    return x.reshape(B * n1 * n2, num_heads, ws * ws, C // num_heads)
+
+
+def from_windows(x, height, width):
+    """Inverse of `to_windows`: [B·n1·n2, heads, ws·ws, d] -> [B, heads·d, H, W], laid out channels-last."""
+    windows, num_heads, tokens, head_dim = x.shape
+    ws = round(tokens ** 0.5)
+    n1, n2 = height // ws, width // ws
+    x = x.view(-1, n1, n2, num_heads, ws, ws, head_dim).permute(0, 4, 1, 5, 2, 3, 6)
+    return x.reshape(-1, height, width, num_heads * head_dim).permute(0, 3, 1, 2)
+
+
+class Bottleneck(nn.Module):
+    """YOLOv5 bottleneck: 1×1 conv → 3×3 conv, plus the input when `shortcut` and the widths agree.
+
+    YOLOv8's C2f uses the same block with two 3×3 convs and no narrowing: `kernel_sizes=(3, 3)`, `expansion=1`.
+    """
+
+    def __init__(self, in_channels, out_channels, shortcut=True, expansion=1.0, kernel_sizes=(1, 3)):
         super().__init__()
         hidden = int(out_channels * expansion)
-        self.cv1 = ConvBNAct(in_channels, hidden, 1)
-        self.cv2 = ConvBNAct(hidden, out_channels, 3)
+        self.cv1 = ConvBNAct(in_channels, hidden, kernel_sizes[0])
+        self.cv2 = ConvBNAct(hidden, out_channels, kernel_sizes[1])
         self.add = shortcut and in_channels == out_channels
 
     def forward(self, x):
@@ -170,6 +216,31 @@ class C3(nn.Module):
 
     def forward(self, x):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+class C2f(nn.Module):
+    """YOLOv8's CSP bottleneck with 2 convolutions (ultralytics `C2f`), on YOLOv5's conv.
+
+    cv1 (1×1) widens to twice the hidden width and splits in halves; `depth` bottlenecks run one after the
+    other on the second half, and cv2 (1×1) merges *every* intermediate map — both halves and each
+    bottleneck's output, (2 + depth) · hidden channels — so each depth of the chain reaches the output directly.
+    """
+
+    def __init__(self, in_channels, out_channels, depth=1, shortcut=False):
+        super().__init__()
+        hidden = out_channels // 2
+        self.cv1 = ConvBNAct(in_channels, 2 * hidden, 1)
+        self.cv2 = ConvBNAct((2 + depth) * hidden, out_channels, 1)
+        self.m = nn.ModuleList(self.bottleneck(hidden, shortcut) for _ in range(depth))
+
+    def bottleneck(self, channels, shortcut):
+        return Bottleneck(channels, channels, shortcut, expansion=1.0, kernel_sizes=(3, 3))
+
+    def forward(self, x):
+        maps = list(self.cv1(x).chunk(2, dim=1))
+        for block in self.m:
+            maps.append(block(maps[-1]))
+        return self.cv2(torch.cat(maps, dim=1))
 
 
 class SPPF(nn.Module):

@@ -1,8 +1,10 @@
 """The detector: a backbone, a neck and a head, composed in Python.
 
 `build_model("cspdarknet", scale="n")` is YOLOv5n v6 exactly (1,872,157 parameters at 80 classes); any other
-registered backbone gets the same neck and head at the chosen scale. `head="rtdetr"` gives any backbone
-RT-DETR's hybrid encoder and decoder instead (rtdetr-l's; 19,592,492 parameters with mobilenetv3_small).
+registered backbone gets the same neck and head at the chosen scale. The neck's CSP block and an attention block
+after its outputs are options (`lightdet.necks`): `neck_attention="irmb"` is the iRMB article's detector.
+`head="rtdetr"` gives any backbone RT-DETR's hybrid encoder and decoder instead (rtdetr-l's; 19,592,492
+parameters with mobilenetv3_small).
 """
 import re
 
@@ -15,7 +17,9 @@ from .checkpoint import load_checkpoint
 from .heads.anchor import DEFAULT_ANCHORS, AnchorHead
 from .heads.rtdetr import RTDETRHead
 from .layers import SCALES, fuse_modules
+from .necks import NECK_ATTENTIONS, NECK_BLOCKS
 from .necks.hybrid_encoder import HybridEncoder
+from .necks.irmb import convert_state_dict as convert_irmb_names
 from .necks.pan import PAN
 
 
@@ -89,26 +93,37 @@ class Detector(nn.Module):
 HEADS = ("anchor", "rtdetr")
 
 
-def build_model(backbone="cspdarknet", num_classes=80, scale="n", anchors=DEFAULT_ANCHORS, head="anchor",
-                **backbone_kwargs):
+def build_model(backbone="cspdarknet", num_classes=80, scale="n", head="anchor", neck_block="c3",
+                neck_attention=None, anchors=DEFAULT_ANCHORS, **backbone_kwargs):
     """Build a detector. `backbone` is a registry name (`lightdet.backbones.BACKBONES`); `scale` (n/s/m/l/x)
     sets the neck's width and depth, and for the plain name "cspdarknet" the backbone's too (YOLOv5<scale>).
     `head`: "anchor" (YOLOv5's PAN neck and anchor head) or "rtdetr" (RT-DETR's hybrid encoder and decoder,
-    rtdetr-l's widths whatever the scale; `anchors` is not used)."""
+    rtdetr-l's widths whatever the scale; `anchors` is not used). For the anchor head, `neck_block` names the
+    PAN's CSP block and `neck_attention` the block after each of its outputs (None: none), from
+    `lightdet.necks.NECK_BLOCKS` and `NECK_ATTENTIONS`; the defaults are YOLOv5's."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+    if neck_block not in NECK_BLOCKS:
+        raise ValueError(f"unknown neck_block {neck_block!r}; valid: {', '.join(NECK_BLOCKS)}")
+    if neck_attention is not None and neck_attention not in NECK_ATTENTIONS:
+        raise ValueError(f"unknown neck_attention {neck_attention!r}; valid: None, {', '.join(NECK_ATTENTIONS)}")
+    if head == "rtdetr" and (neck_block, neck_attention) != ("c3", None):
+        raise ValueError("neck_block and neck_attention choose the PAN neck of the anchor head; "
+                         "head='rtdetr' has its own hybrid encoder")
     depth, width = SCALES[scale]
     body = build_backbone(f"cspdarknet_{scale}" if backbone == "cspdarknet" else backbone, **backbone_kwargs)
     config = dict(backbone=backbone, num_classes=num_classes, scale=scale, head=head, **backbone_kwargs)
     if head == "rtdetr":
         neck = HybridEncoder(body.out_channels)
         return Detector(body, neck, RTDETRHead(num_classes, neck.out_channels), config)
-    neck = PAN(body.out_channels, width=width, depth=depth)
-    config["anchors"] = [[list(map(float, a)) for a in level] for level in anchors]
+    neck = PAN(body.out_channels, width=width, depth=depth, block=NECK_BLOCKS[neck_block],
+               attention=NECK_ATTENTIONS.get(neck_attention))
+    config.update(neck_block=neck_block, neck_attention=neck_attention,
+                  anchors=[[list(map(float, a)) for a in level] for level in anchors])
     return Detector(body, neck, AnchorHead(num_classes, neck.out_channels, anchors), config)
 
 
@@ -137,7 +152,7 @@ def model_info(model, imgsz=640):
     return {"params": sum(p.numel() for p in model.parameters()), "gflops": counter.get_total_flops() / 1e9}
 
 
-# ultralytics/yolov5 v6 layer index (models/yolov5*.yaml) -> lightdet module path.
+# ultralytics/yolov5 v6 layer index (models/yolov5*.yaml) -> lightdet module path; the Detect layer's index.
 YOLOV5_LAYERS = {
     0: "backbone.stem",
     1: "backbone.stages.0.0", 2: "backbone.stages.0.1",
@@ -148,34 +163,48 @@ YOLOV5_LAYERS = {
     17: "neck.out_p3", 18: "neck.down_p3", 20: "neck.out_p4", 21: "neck.down_p4", 23: "neck.out_p5",
 }
 YOLOV5_DETECT = 24
+# The iRMB article's yolov5_iRMB.yaml inserts an iRMB after each PAN output (18, 22, 26); the layers after
+# each insertion move up by one, two and three.
+YOLOV5_IRMB_LAYERS = {
+    **{index: path for index, path in YOLOV5_LAYERS.items() if index <= 17},
+    18: "neck.attention_p3", 19: "neck.down_p3", 21: "neck.out_p4",
+    22: "neck.attention_p4", 23: "neck.down_p4", 25: "neck.out_p5", 26: "neck.attention_p5",
+}
+YOLOV5_IRMB_DETECT = 27
 
 
-def convert_yolov5_state_dict(state_dict, strides=(8, 16, 32)):
+def convert_yolov5_state_dict(state_dict, strides=(8, 16, 32), neck_attention=None):
     """Map an ultralytics YOLOv5 v6+ state_dict (`model.N.…` keys) onto `build_model("cspdarknet", scale=…)`.
 
     The official yolov5{n,s,m,l,x}.pt files pickle the whole model; extract a plain state_dict once, inside a
     clone of ultralytics/yolov5 (their classes must be importable to unpickle):
         torch.save(torch.load("yolov5s.pt", weights_only=False)["model"].float().state_dict(), "yolov5s_sd.pt")
+    `neck_attention="irmb"` reads the iRMB article's `yolov5_iRMB.yaml` layout (and its iRMB naming) for
+    `build_model("cspdarknet", scale=…, neck_attention="irmb")`.
     Anchors are stored in grid units there and in pixels here. Any key that has no place raises a KeyError.
     """
+    if neck_attention not in (None, "irmb"):
+        raise ValueError(f"convert_yolov5_state_dict knows neck_attention None or 'irmb', got {neck_attention!r}")
+    layers, detect = (YOLOV5_IRMB_LAYERS, YOLOV5_IRMB_DETECT) if neck_attention else (YOLOV5_LAYERS, YOLOV5_DETECT)
     converted, unknown = {}, []
     for key, value in state_dict.items():
         match = re.fullmatch(r"model\.(\d+)\.(.+)", key)
         index, rest = (int(match.group(1)), match.group(2)) if match else (None, key)
-        if index in YOLOV5_LAYERS:
-            converted[f"{YOLOV5_LAYERS[index]}.{rest}"] = value
-        elif index == YOLOV5_DETECT and rest == "anchors":
+        if index in layers:
+            converted[f"{layers[index]}.{rest}"] = value
+        elif index == detect and rest == "anchors":
             converted["head.anchors"] = value.float() * torch.tensor(strides, dtype=torch.float32).view(-1, 1, 1)
-        elif index == YOLOV5_DETECT and rest.startswith("m."):
+        elif index == detect and rest.startswith("m."):
             converted[f"head.pred.{rest[2:]}"] = value
-        elif index == YOLOV5_DETECT and rest == "anchor_grid":
+        elif index == detect and rest == "anchor_grid":
             continue   # YOLOv5 < 6 saved this derived copy of the anchors
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"not a YOLOv5 v6 detector state_dict; no place for: {', '.join(unknown[:10])}"
+        layout = "yolov5_iRMB.yaml" if neck_attention else "YOLOv5 v6"
+        raise KeyError(f"not a {layout} detector state_dict; no place for: {', '.join(unknown[:10])}"
                        f"{' ...' if len(unknown) > 10 else ''}")
-    return converted
+    return convert_irmb_names(converted) if neck_attention else converted
 
 
 # ultralytics rtdetr-l.yaml row -> lightdet module path. Rows 0-9 are the backbone (HGNetv2 there), left to

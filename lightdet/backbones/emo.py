@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import BN_SETTINGS, ConvBNAct, DropPath, SqueezeExcite, batch_norm, fuse_conv_bn
+from ..layers import (BN_SETTINGS, ConvBNAct, DropPath, SqueezeExcite, batch_norm, from_windows, fuse_bn_conv,
+                      fuse_conv_bn, to_windows)
 
 NORM_EPS = BN_SETTINGS["emo"]["eps"]   # the official code uses 1e-6 for every BatchNorm and LayerNorm
 STEM_CHANNELS = 24
@@ -65,28 +66,6 @@ def make_norm(kind, channels):
     if kind is None:
         return nn.Identity()
     return batch_norm(channels, "emo") if kind == "bn" else LayerNorm2d(channels, eps=NORM_EPS)
-
-
-def to_windows(x, num_heads, window_size):
-    """[B, C, H, W] -> [B·n1·n2, heads, ws·ws, C / heads] tokens of the strided-grid windows.
-
-    With n1 = H / ws and n2 = W / ws, pixel (i·n1 + a, j·n2 + b) is token (i, j) of window (a, b), so each
-    window samples the whole map on a grid of step (n1, n2) — the official layout, not Swin's tiles.
-    """
-    B, C, H, W = x.shape
-    ws = window_size
-    n1, n2 = H // ws, W // ws
-    x = x.view(B, num_heads, C // num_heads, ws, n1, ws, n2).permute(0, 4, 6, 1, 3, 5, 2)
-    return x.reshape(B * n1 * n2, num_heads, ws * ws, C // num_heads)
-
-
-def from_windows(x, height, width):
-    """Inverse of `to_windows`: [B·n1·n2, heads, ws·ws, d] -> [B, heads·d, H, W], laid out channels-last."""
-    windows, num_heads, tokens, head_dim = x.shape
-    ws = round(tokens ** 0.5)
-    n1, n2 = height // ws, width // ws
-    x = x.view(-1, n1, n2, num_heads, ws, ws, head_dim).permute(0, 4, 1, 5, 2, 3, 6)
-    return x.reshape(-1, height, width, num_heads * head_dim).permute(0, 3, 1, 2)
 
 
 class iRMB(nn.Module):
@@ -147,15 +126,9 @@ class iRMB(nn.Module):
 
     @torch.no_grad()
     def fuse(self):
-        """Fold a BatchNorm pre-norm into the expansion 1×1 after it: v(s·x + t) = (W·s) x + (W t + b)."""
-        if not isinstance(self.norm, nn.BatchNorm2d) or not isinstance(self.v, nn.Conv2d):
-            return
-        scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
-        shift = self.norm.bias - self.norm.running_mean * scale
-        weight = self.v.weight.flatten(1)
-        self.v.bias.add_(weight @ shift)
-        self.v.weight.mul_(scale.view(1, -1, 1, 1))
-        self.norm = nn.Identity()
+        """Fold a BatchNorm pre-norm into the expansion 1×1 after it."""
+        if isinstance(self.norm, nn.BatchNorm2d) and isinstance(self.v, nn.Conv2d):
+            self.v, self.norm = fuse_bn_conv(self.norm, self.v), nn.Identity()
 
 
 class EMO(nn.Module):
