@@ -10,16 +10,20 @@ def class_colour(index):
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image, detections, names):
-    """Draw `detections` (Tensor[n, 6]: x1, y1, x2, y2, score, class; original-image pixels) on a PIL image."""
-    image = image.convert("RGB")
+def draw_detections(image, detections, names, line_width=None, labels=True, scores=True):
+    """Draw `detections` (Tensor[n, 6]: x1, y1, x2, y2, score, class; original-image pixels) on a copy of a PIL
+    image: boxes `line_width` pixels wide (default: 0.3% of the image size, YOLOv5's), each with its class name
+    and score unless `labels` / `scores` is False."""
+    image = image.convert("RGB") if image.mode != "RGB" else image.copy()
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    line = max(round(sum(image.size) / 2 * 0.003), 2)
+    line = line_width or max(round(sum(image.size) / 2 * 0.003), 2)
     for x1, y1, x2, y2, score, cls in detections.tolist():
         colour = class_colour(int(cls))
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
-        label = f"{names[int(cls)]} {score:.2f}"
+        label = " ".join(([names[int(cls)]] if labels else []) + ([f"{score:.2f}"] if scores else []))
+        if not label:
+            continue
         left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
         top_of_label = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
         draw.rectangle((x1, top_of_label, x1 + right - left + 4, top_of_label + bottom - top + 2), fill=colour)
