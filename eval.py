@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from lightdet.checkpoint import load_checkpoint
-from lightdet.cli import (HelpFormatter, default_device, image_size, non_negative_int, positive_int,
+from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, non_negative_int, positive_int,
                           round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table
@@ -31,8 +31,10 @@ def parse_args(argv=None):
     p.add_argument("--iou", type=unit_interval, default=0.6, help="NMS IoU threshold")
     p.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
     p.add_argument("--rect", action="store_true", help="rectangular batches (least padding)")
+    p.add_argument("--fraction", type=fraction, default=1.0,
+                   help="score this share of the split's images, the first in file order (quick checks)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="dataloader processes")
-    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--save-json", help="write the detections in COCO results format to this file")
     return p.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv=None):
         if len(spec.names) != model.head.num_classes:
             raise ValueError(f"{args.weights} predicts {model.head.num_classes} classes but {data} has "
                              f"{len(spec.names)}")
-        dataset = build_dataset(spec, args.split, img, augment=False, rect=args.rect, batch_size=args.batch)
+        dataset = build_dataset(spec, args.split, img, augment=False, rect=args.rect, batch_size=args.batch,
+                                fraction=args.fraction)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     loader = build_dataloader(dataset, args.batch, args.workers)

@@ -23,7 +23,7 @@ import torch
 
 from lightdet.boxes import scale_boxes
 from lightdet.checkpoint import load_checkpoint
-from lightdet.cli import (HelpFormatter, default_device, image_size, increment_path, non_negative_int,
+from lightdet.cli import (DEVICE_HELP, HelpFormatter, image_size, increment_path, non_negative_int,
                           positive_int, select_device, unit_interval)
 from lightdet.data.augment import letterbox_layout, render
 from lightdet.data.images import check_image, read_image
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--max-det", type=positive_int, default=300, help="detections kept per image")
     p.add_argument("--classes", type=non_negative_int, nargs="+", help="keep only these class indices")
     p.add_argument("--agnostic-nms", action="store_true", help="one NMS across classes")
-    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--project", default="runs/predict", help="results go to a new folder <project>/<name>N")
     p.add_argument("--name", default="exp", help="run folder name under --project")
     p.add_argument("--exist-ok", action="store_true", help="write into <project>/<name> even if it exists")
@@ -146,7 +146,9 @@ def main(argv=None):
 
 
 def plural(count, name):
-    return f"{count} {name}" if count == 1 else f"{count} {name}{'es' if name.endswith(('s', 'x', 'sh', 'ch')) else 's'}"
+    if count == 1:
+        return f"1 {name}"
+    return f"{count} {name}{'es' if name.endswith(('s', 'x', 'sh', 'ch')) else 's'}"
 
 
 def summary(detections, names):

@@ -17,24 +17,25 @@ initial state). Ctrl-C leaves it that way (a save in progress finishes first) an
 `--resume` repeats the interrupted epoch and ends with the same weights as an uninterrupted run.
 """
 import argparse
-import csv
 import json
 import logging
+import math
 import os
 import random
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from lightdet.backbones import BACKBONES, load_pretrained
-from lightdet.checkpoint import (interrupts_deferred, load_checkpoint, load_weights, remove_stale_temporaries,
-                                 save_checkpoint, strip_checkpoint)
-from lightdet.cli import (HelpFormatter, default_device, image_size, increment_path, non_negative_int,
-                          positive_float, positive_int, round_image_size, select_device)
+from lightdet.checkpoint import interrupts_deferred, load_checkpoint, load_weights
+from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_int,
+                          positive_float, positive_int, round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table
 from lightdet.layers import SCALES
@@ -42,7 +43,8 @@ from lightdet.losses import YOLOLoss
 from lightdet.losses.yolo import BOX_LOSSES
 from lightdet.model import build_model
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
-from lightdet.plots import plot_results
+from lightdet.plots import plot_batch, plot_labels
+from lightdet.runs import find_last, finish, fitness, open_run_dir, results_row, save_epoch, write_results
 
 # Defaults per dataset; a flag on the command line always wins. YOLOv5's long recipe (SGD, accumulation to
 # batch 64, three warm-up epochs) makes too few updates in a few CPU minutes, so the built-in set trains with
@@ -74,10 +76,13 @@ GRAD_CLIP_NORM = 10.0
 
 
 def recipe_default(key):
-    """'shapes 256 (160-256 per backbone), others 640': a flag's default as the recipes give it."""
-    shapes = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()})
-    per_backbone = f" ({shapes[0]}-{shapes[-1]} per backbone)" if len(shapes) > 1 else ""
-    return f"default: shapes {RECIPES['shapes'][key]}{per_backbone}, others {RECIPES['yolov5'][key]}"
+    """'default: shapes 160-256 by backbone, shapes-hard 320, others 640': a flag's default from the recipes."""
+    by_backbone = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()})
+    values = {"shapes": by_backbone[0] if len(by_backbone) == 1 else f"{by_backbone[0]}-{by_backbone[-1]} by backbone",
+              "shapes-hard": RECIPES["shapes-hard"][key], "others": RECIPES["yolov5"][key]}
+    if len({str(v) for v in values.values()}) == 1:
+        return f"default: {values['others']}"
+    return "default: " + ", ".join(f"{name} {value}" for name, value in values.items())
 
 
 def parse_args(argv=None):
@@ -92,9 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=positive_int, help=f"epochs to train ({recipe_default('epochs')})")
     p.add_argument("--workers", type=non_negative_int,
                    help="dataloader processes (default: 4 with CUDA, a quarter of the cores on CPU)")
-    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--box-loss", default="ciou", choices=BOX_LOSSES, help="IoU loss of the box term")
-    p.add_argument("--optimizer", choices=("SGD", "AdamW"), help=f"({recipe_default('optimizer')})")
+    p.add_argument("--optimizer", choices=("SGD", "AdamW"), help=f"optimizer ({recipe_default('optimizer')})")
     p.add_argument("--lr", type=positive_float, help=f"initial learning rate ({recipe_default('lr')})")
     p.add_argument("--schedule", choices=("linear", "cosine"),
                    help=f"LR decay to 0.01 × lr ({recipe_default('schedule')})")
@@ -104,6 +109,17 @@ def parse_args(argv=None):
                                                               f"({recipe_default('val_every')})")
     p.add_argument("--close-mosaic", type=non_negative_int, help="train the last N epochs without mosaic "
                                                                  f"({recipe_default('close_mosaic')})")
+    p.add_argument("--noval", action="store_true", help="validate only after the final epoch (--val-every 0)")
+    p.add_argument("--patience", type=non_negative_int, default=100,
+                   help="stop when N epochs passed since the best fitness (checked after validations; 0: never)")
+    p.add_argument("--save-period", type=non_negative_int, default=0,
+                   help="also keep weights/epochN.pt every N epochs (0: never)")
+    p.add_argument("--fraction", type=fraction, default=1.0,
+                   help="train on this share of the training images, the first in file order (quick trials)")
+    p.add_argument("--rect", action="store_true", help="rectangular training batches (least padding, no mosaic)")
+    p.add_argument("--multi-scale", action="store_true", help="resize each batch to 0.5-1.5 × --img")
+    p.add_argument("--single-cls", action="store_true", help="train every class as one class, 'item'")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.0, help="class targets 1 − ε/2 and ε/2")
     p.add_argument("--weights", help="start from a lightdet checkpoint (a new class count re-initialises the head)")
     p.add_argument("--pretrained-backbone", help="timm / official backbone checkpoint for the family's converter")
     p.add_argument("--freeze-backbone-epochs", type=non_negative_int, default=0,
@@ -124,6 +140,8 @@ def resolve_args(args, log=print):
     if args.backbone not in BACKBONES:
         raise SystemExit(f"error: unknown backbone {args.backbone!r}; valid names: {', '.join(BACKBONES)}")
     recipe = dict(RECIPES.get(args.data, RECIPES["yolov5"]))
+    if args.noval:
+        args.val_every = 0
     if args.data == "shapes":
         recipe.update(SHAPES_PER_BACKBONE.get(args.backbone.split("_")[0], {}))
     for key, value in recipe.items():
@@ -140,18 +158,9 @@ def default_workers(device):
     return min(4, cores) if device.type == "cuda" else min(4, cores // 4)
 
 
-def find_resume_checkpoint(resume, project):
-    if resume != "latest":
-        return Path(resume)
-    candidates = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise SystemExit(f"error: --resume found no runs under {project}/*/weights/last.pt")
-    return candidates[-1]
-
-
 def resume_args(args):
     """The run's own arguments from its last.pt (only --workers and --device may change), and the checkpoint."""
-    path = find_resume_checkpoint(args.resume, args.project)
+    path = find_last(args.resume, args.project)
     checkpoint = load_checkpoint(path)
     if checkpoint.get("stripped") or "optimizer" not in checkpoint:
         raise ValueError(f"{path} is the final checkpoint of a finished run (optimizer stripped): nothing to "
@@ -172,7 +181,8 @@ def build_detector(args, num_classes, log):
     if args.weights:
         load_weights(model, load_checkpoint(args.weights), args.weights, log)
     if args.pretrained_backbone:
-        log(f"pretrained backbone {args.pretrained_backbone}: {load_pretrained(model.backbone, args.pretrained_backbone)}")
+        report = load_pretrained(model.backbone, args.pretrained_backbone)
+        log(f"pretrained backbone {args.pretrained_backbone}: {report}")
     return model
 
 
@@ -180,7 +190,15 @@ def wrap(model, rank, device):
     """DistributedDataParallel when running under torchrun (rank >= 0), the model itself otherwise."""
     if rank < 0:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def resize_batch(images, size, stride=32):
+    """Images [B, 3, H, W] resized (bilinear) so the long side is `size`, each side a multiple of `stride`."""
+    factor = size / max(images.shape[2:])
+    shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
+    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False) if factor != 1 else images
 
 
 def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr):
@@ -197,6 +215,8 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
         step = i + iterations * epoch
         adjust_lr(step)
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
+        if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
+            images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
         with torch.autocast("cuda", enabled=cuda):
             loss, items = criterion(net(images), targets.to(device))
         if not torch.isfinite(loss):
@@ -231,40 +251,36 @@ def train(args):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     run_dir, progress = None, {"epoch": -1}
     try:
-        if args.workers is None:
-            args.workers = default_workers(device)
-        seed_everything(args.seed)
-        names, train_set, sampler, train_loader, val_loader = build_data(args, rank, world)
-        model, optimizer, criterion, ema, progress = build_training(args, len(names), device, checkpoint,
-                                                                    main_process, log)
-        run_dir = start_run(args, model, ema, optimizer, criterion, progress, names, log) if main_process else None
+        data = build_data(args, device, rank, world)
+        model, optimizer, criterion, ema, progress = build_training(args, data.names, device, checkpoint, log)
+        run_dir = start_run(args, data, model, ema, optimizer, criterion, progress, log) if main_process else None
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        iterations = len(train_loader)
+        iterations = len(data.train_loader)
         warmup = args.warmup_iters if args.warmup_iters is not None else max(round(WARMUP_EPOCHS * iterations), 100)
         adjust_lr = partial(set_learning_rate, optimizer, total=args.epochs * iterations, warmup=warmup,
                             schedule=args.schedule, final=0.01, warmup_bias_lr=0.1 if args.optimizer == "SGD" else 0.0)
         accumulate = max(round(args.nominal_batch / args.batch), 1)
-        frozen, net, metrics = None, model, None
-        for epoch in range(progress["epoch"] + 1, args.epochs):
-            should_freeze = epoch < args.freeze_backbone_epochs
-            if should_freeze != frozen:   # (re)wrap for DDP: it fixes the trainable set at construction
-                for p in model.backbone.parameters():
-                    p.requires_grad_(not should_freeze)
-                net, frozen = wrap(model, rank, device), should_freeze
-                if should_freeze:
-                    log(f"backbone frozen for epochs 1..{args.freeze_backbone_epochs}")
+        first, net, metrics = progress["epoch"] + 1, model, None
+        for epoch in range(first, args.epochs):
+            if epoch in (first, args.freeze_backbone_epochs):
+                net = freeze_backbone(model, epoch < args.freeze_backbone_epochs, rank, device, log)
             seed_everything(args.seed + 1000 * epoch + max(rank, 0))
-            if sampler:
-                sampler.set_epoch(epoch)
-            train_set.mosaic = epoch < args.epochs - args.close_mosaic   # workers restart each epoch
-            losses = train_one_epoch(net, criterion, optimizer, scaler, ema, train_loader, epoch, args, accumulate,
-                                     adjust_lr)
+            if data.sampler:
+                data.sampler.set_epoch(epoch)
+            # read by the loader's workers, which restart every epoch
+            data.train_set.mosaic = not args.rect and epoch < args.epochs - args.close_mosaic
+            losses = train_one_epoch(net, criterion, optimizer, scaler, ema, data.train_loader, epoch, args,
+                                     accumulate, adjust_lr)
             if main_process:
-                metrics = validate(ema.ema, val_loader, epoch, args, log)
+                metrics = validate(ema.ema, data.val_loader, epoch, args, log)
                 progress = end_epoch(run_dir, epoch, losses, metrics, model, ema, optimizer, criterion, progress,
-                                     names, args)
+                                     data.names, args)
+            if out_of_patience(progress, metrics, epoch, args, log):
+                break
         if main_process:
-            finish_run(run_dir, metrics, log)
+            finish(run_dir, metrics, data.names)
+            log(f"\n{format_table(metrics) if metrics else 'all epochs were done: final checkpoints stripped'}\n"
+                f"weights: {run_dir / 'weights'}")
         return model, metrics, run_dir
     except KeyboardInterrupt:
         last = run_dir / "weights" / "last.pt" if run_dir else None
@@ -276,38 +292,48 @@ def train(args):
             dist.destroy_process_group()
 
 
-def build_data(args, rank, world):
+def build_data(args, device, rank, world):
     """Class names, the training set, its DistributedSampler (or None) and loader, and the validation loader
-    (rank 0 only)."""
+    (rank 0 only). With --single-cls every box becomes class 0, 'item'."""
+    if args.workers is None:
+        args.workers = default_workers(device)
+    seed_everything(args.seed)
     if world > 1 and rank > 0:
         dist.barrier()   # rank 0 generates the built-in dataset once; the others wait for it
     spec = resolve_data(args.data, names_file=args.names)
     if world > 1 and rank == 0:
         dist.barrier()
-    train_set = build_dataset(spec, "train", args.img, augment=True, batch_size=args.batch, cache=args.cache)
     batch = args.batch // max(world, 1)
+    train_set = build_dataset(spec, "train", args.img, augment=True, rect=args.rect, batch_size=batch,
+                              cache=args.cache, fraction=args.fraction)
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, seed=args.seed) if world > 1 else None
     train_loader = build_dataloader(train_set, batch, args.workers, shuffle=sampler is None, sampler=sampler)
-    val_loader = None
+    val_set = val_loader = None
     if rank <= 0:
         val_set = build_dataset(spec, "val", args.img, augment=False, rect=True, batch_size=batch * 2, cache=args.cache)
         val_loader = build_dataloader(val_set, batch * 2, args.workers)
-    return spec.names, train_set, sampler, train_loader, val_loader
+    for dataset in (train_set, val_set) if args.single_cls else ():
+        dataset.names = ["item"]
+        for labels in dataset.labels:
+            labels[:, 0] = 0
+    return SimpleNamespace(names=train_set.names, train_set=train_set, sampler=sampler, train_loader=train_loader,
+                           val_loader=val_loader)
 
 
-def build_training(args, num_classes, device, checkpoint, main_process, log):
+def build_training(args, names, device, checkpoint, log):
     """Model, optimizer, loss, EMA (rank 0) and progress, restored from `checkpoint` when resuming."""
     # channels-last: the convolution layout oneDNN and cuDNN run fastest (README)
-    model = build_detector(args, num_classes, log).to(device, memory_format=torch.channels_last)
+    model = build_detector(args, len(names), log).to(device, memory_format=torch.channels_last)
     if dist.is_initialized() and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     accumulate = max(round(args.nominal_batch / args.batch), 1)
     weight_decay = 5e-4 * args.batch * accumulate / args.nominal_batch
     optimizer = build_optimizer(model, args.optimizer, args.lr, weight_decay=weight_decay)
-    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, num_classes, box_loss=args.box_loss,
-                         imgsz=args.img).to(device)
-    ema = ModelEMA(model) if main_process else None
-    progress = {"epoch": -1, "best_fitness": 0.0, "results": []}   # saved with the weights: last.pt is the truth
+    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, len(names), box_loss=args.box_loss,
+                         imgsz=args.img, hyp={"label_smoothing": args.label_smoothing}).to(device)
+    ema = ModelEMA(model) if not dist.is_initialized() or dist.get_rank() == 0 else None
+    # saved with the weights, so that last.pt is the whole truth about the run
+    progress = {"epoch": -1, "best_fitness": 0.0, "best_epoch": -1, "results": []}
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -319,32 +345,44 @@ def build_training(args, num_classes, device, checkpoint, main_process, log):
     return model, optimizer, criterion, ema, progress
 
 
-def start_run(args, model, ema, optimizer, criterion, progress, names, log):
-    """The run folder, made only now that the run can start; stale temporaries of a killed run removed; the
-    initial last.pt (so that even the first epoch can be resumed) or, when resuming, results.csv as last.pt
-    knows it."""
-    run_dir = Path(args.resume).parent.parent if args.resume else increment_path(args.project, args.name,
-                                                                                 args.exist_ok)
-    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temporaries(run_dir / "weights"):
-        log(f"removed {stale}, left by a save that never finished")
+def start_run(args, data, model, ema, optimizer, criterion, progress, log):
+    """The run folder, made only now that the run can start, with stale temporaries of a killed run removed.
+    A new run gets its initial last.pt (so that even the first epoch can be resumed), labels.jpg and
+    train_batch0.jpg; a resumed one gets results.csv rewritten as last.pt knows it."""
+    run_dir = open_run_dir(Path(args.resume).parent.parent if args.resume else
+                           increment_path(args.project, args.name, args.exist_ok), log)
     (run_dir / "config.json").write_text(json.dumps({**vars(args), "model": model.config}, indent=2))
     if args.resume:
         log(f"resuming {args.resume}: {progress['epoch'] + 1} of {args.epochs} epochs done")
         write_results(run_dir, progress["results"])
     else:
-        save_run(run_dir, model, ema, optimizer, criterion, progress, names, args, best=False)
+        save_epoch(run_dir, training_state(model, ema, optimizer, criterion, progress, data.names, args), best=False)
+        plot_labels(data.train_set.labels, data.names, run_dir / "labels.jpg")
+        seed_everything(args.seed)   # the first batch of epoch 1, exactly as it will be drawn
+        data.train_set.mosaic = not args.rect and args.epochs > args.close_mosaic
+        images, targets, _, _ = next(iter(data.train_loader))
+        plot_batch(images, targets, data.names, run_dir / "train_batch0.jpg")
     log(f"{args.backbone} scale {args.scale}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{args.epochs} epochs at {args.img}, batch {args.batch}, {args.optimizer} lr {args.lr}; logging to {run_dir}")
+        f"{len(data.train_set)} training images at {args.img}, batch {args.batch}, {args.optimizer} lr {args.lr}, "
+        f"{args.epochs} epochs; logging to {run_dir}")
     return run_dir
+
+
+def freeze_backbone(model, frozen, rank, device, log):
+    """Freeze or unfreeze the backbone, and wrap the model for DDP again (it fixes the trainable set)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        log("backbone frozen")
+    return wrap(model, rank, device)
 
 
 def validate(model, val_loader, epoch, args, log):
     """Metrics of the EMA weights on the validation split, when this epoch is due for validation; else None."""
     if epoch != args.epochs - 1 and not (args.val_every and (epoch + 1) % args.val_every == 0):
         return None
-    metrics = evaluate(model, val_loader, device=next(model.parameters()).device,
-                       amp=next(model.parameters()).is_cuda)
+    device = next(model.parameters()).device
+    metrics = evaluate(model, val_loader, device=device, amp=device.type == "cuda", single_cls=args.single_cls)
     log(f"epoch {epoch + 1}: P {metrics['P']:.3f} R {metrics['R']:.3f} mAP50 {metrics['mAP50']:.3f} "
         f"mAP50-95 {metrics['mAP50_95']:.3f}")
     return metrics
@@ -353,54 +391,35 @@ def validate(model, val_loader, epoch, args, log):
 def end_epoch(run_dir, epoch, losses, metrics, model, ema, optimizer, criterion, progress, names, args):
     """Record a completed epoch: best.pt when the fitness improved, last.pt, results.csv and results.png, all
     or (after Ctrl-C, which waits) none of them. Returns the new progress."""
-    fitness = 0.1 * metrics["mAP50"] + 0.9 * metrics["mAP50_95"] if metrics else None
-    improved = fitness is not None and fitness >= progress["best_fitness"]
+    score = fitness(metrics)
+    improved = score is not None and score >= progress["best_fitness"]
     row = results_row(epoch, losses, optimizer.param_groups[0]["lr"], metrics)
     with interrupts_deferred():
-        progress = {"epoch": epoch, "best_fitness": max(progress["best_fitness"], fitness or 0.0),
-                    "results": progress["results"] + [row]}
-        save_run(run_dir, model, ema, optimizer, criterion, progress, names, args, best=improved)
+        progress = {"epoch": epoch, "best_fitness": score if improved else progress["best_fitness"],
+                    "best_epoch": epoch if improved else progress["best_epoch"], "results": progress["results"] + [row]}
+        save_epoch(run_dir, training_state(model, ema, optimizer, criterion, progress, names, args), improved,
+                   args.save_period)
         write_results(run_dir, progress["results"])
     return progress
 
 
-def finish_run(run_dir, metrics, log):
-    """Strip the optimizer and the raw weights from the final checkpoints, print the per-class table."""
-    with interrupts_deferred():
-        for weights in sorted((run_dir / "weights").glob("*.pt")):
-            save_checkpoint(strip_checkpoint(load_checkpoint(weights)), weights)
-    log(f"\n{format_table(metrics) if metrics else 'all epochs were done: final checkpoints stripped'}\n"
-        f"weights: {run_dir / 'weights'}")
+def out_of_patience(progress, metrics, epoch, args, log):
+    """YOLOv5's early stop, decided on rank 0 after a validation and shared with every process."""
+    stop = bool(metrics and args.patience and epoch - progress["best_epoch"] >= args.patience)
+    if dist.is_initialized():
+        decision = [stop]
+        dist.broadcast_object_list(decision, src=0)
+        stop = decision[0]
+    if stop:
+        log(f"stopping early: no better fitness in the {args.patience} epochs since epoch {progress['best_epoch'] + 1}")
+    return stop
 
 
-def save_run(run_dir, model, ema, optimizer, criterion, progress, names, args, best):
-    """last.pt (and best.pt when the fitness improved) with all that an exact resume needs. best.pt goes
-    first: after a kill between the two saves the epoch is trained again and writes best.pt once more."""
-    state = {"model": model.state_dict(), "ema": ema.ema.state_dict(), "ema_updates": ema.updates,
-             "optimizer": optimizer.state_dict(), "loss": criterion.state_dict(), **progress,
-             "config": model.config, "names": list(names), "args": vars(args)}
-    if best:
-        save_checkpoint(state, run_dir / "weights" / "best.pt")
-    save_checkpoint(state, run_dir / "weights" / "last.pt")
-
-
-def results_row(epoch, losses, lr, metrics):
-    row = {"epoch": epoch + 1, "box_loss": losses[0], "obj_loss": losses[1], "cls_loss": losses[2], "lr": lr,
-           "P": "", "R": "", "mAP50": "", "mAP50-95": ""}
-    if metrics:
-        row.update(P=metrics["P"], R=metrics["R"], mAP50=metrics["mAP50"], **{"mAP50-95": metrics["mAP50_95"]})
-    return row
-
-
-def write_results(run_dir, rows):
-    """results.csv and results.png from the rows last.pt holds (so a kill can never leave them out of step)."""
-    if not rows:
-        return
-    with open(run_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_results(rows, run_dir / "results.png")
+def training_state(model, ema, optimizer, criterion, progress, names, args):
+    """The checkpoint of a run in progress: DESIGN.md's keys plus what an exact resume needs."""
+    return {"model": model.state_dict(), "ema": ema.ema.state_dict(), "ema_updates": ema.updates,
+            "optimizer": optimizer.state_dict(), "loss": criterion.state_dict(), **progress, "config": model.config,
+            "names": list(names), "args": vars(args)}
 
 
 def main(argv=None):

@@ -85,7 +85,8 @@ def strip_checkpoint(checkpoint):
     """What inference and fine-tuning need: the EMA weights (when trained with one) as "model", the config,
     names, epoch, fitness, run arguments and results; no optimizer state and no second copy of the weights.
     Kept in float32, so that eval.py reproduces the mAP the run printed."""
-    kept = {k: checkpoint[k] for k in ("config", "names", "epoch", "best_fitness", "args", "results") if k in checkpoint}
+    keys = ("config", "names", "epoch", "best_fitness", "args", "results")
+    kept = {k: checkpoint[k] for k in keys if k in checkpoint}
     return {"model": checkpoint.get("ema") or checkpoint["model"], **kept, "stripped": True}
 
 

@@ -18,7 +18,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     describe their defaults in their help text instead of printing "(default: None)"."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -76,9 +77,13 @@ def available_devices():
     return names
 
 
-def select_device(name):
-    """--device as a torch.device: cpu, cuda, cuda:N, N (YOLOv5's spelling of cuda:N) or mps. A device this
-    machine lacks raises SystemExit naming the devices it has."""
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+
+
+def select_device(name=None):
+    """--device as a torch.device: cpu, cuda, cuda:N, N (YOLOv5's spelling of cuda:N) or mps; None: cuda when
+    available, else cpu. A device this machine lacks raises SystemExit naming the devices it has."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
     text = str(name).strip().lower()
     text = f"cuda:{text}" if text.isdigit() else text
     here = f"available here: {', '.join(available_devices())}"
@@ -98,10 +103,6 @@ def select_device(name):
     elif device.type not in ("cpu", "cuda", "mps"):
         raise SystemExit(f"error: unknown device {name!r}; use cpu, cuda, cuda:N or mps ({here})")
     return device
-
-
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def increment_path(project, name, exist_ok=False):

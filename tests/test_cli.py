@@ -28,7 +28,8 @@ def random_checkpoint(path, scale="n", backbone="cspdarknet", num_classes=6, dat
     """An untrained detector saved as a lightdet checkpoint: enough for eval and predict to run."""
     torch.manual_seed(0)
     model = build_model(backbone, num_classes=num_classes, scale=scale)
-    save_checkpoint({"model": model.state_dict(), "config": model.config, "names": [f"c{i}" for i in range(num_classes)],
+    names = [f"c{i}" for i in range(num_classes)]
+    save_checkpoint({"model": model.state_dict(), "config": model.config, "names": names,
                      "args": {"data": str(data), "img": 64}}, path)
     return path
 
@@ -84,8 +85,8 @@ def test_predict_honours_exif_orientation(weights, tmp_path):
     with Image.open(tmp_path / "phone" / "photo.jpg") as stored:   # the decoded pixels, turned by hand
         stored.convert("RGB").transpose(Image.ROTATE_270).save(tmp_path / "upright" / "photo.png")
     for name in ("phone", "upright"):
-        predict.main(["--weights", str(weights), "--source", str(tmp_path / name), "--out", str(tmp_path / f"out_{name}"),
-                      "--conf", "0.001", "--save-txt"])
+        predict.main(["--weights", str(weights), "--source", str(tmp_path / name),
+                      "--out", str(tmp_path / f"out_{name}"), "--conf", "0.001", "--save-txt"])
     with Image.open(tmp_path / "out_phone" / "photo.jpg") as drawn:
         assert drawn.size == (48, 64)
     phone = (tmp_path / "out_phone" / "labels" / "photo.txt").read_text()
@@ -177,3 +178,54 @@ def test_failed_starts_leave_no_run_folder(tiny_shapes, tmp_path):
     assert not project.exists() or not any(project.iterdir())
     _, _, run_dir = train.train(train.parse_args(train_args(tiny_shapes, project)))
     assert run_dir == project / "exp"
+
+
+@pytest.mark.parametrize("parse", [train.parse_args, eval_script.parse_args, predict.parse_args,
+                                   "benchmark"])
+def test_help_tells_every_flag_and_no_none_default(parse, capsys):
+    from lightdet import benchmark
+    with pytest.raises(SystemExit):
+        benchmark.main(["--help"]) if parse == "benchmark" else parse(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text
+    lines = text.split("options:")[1].splitlines() + [""]
+    for line, below in zip(lines, lines[1:]):   # argparse puts help at column 24, or on the next line
+        if line.startswith("  -"):
+            assert (line[22:24].isspace() and line[24:].strip()) or below.startswith(" " * 24), line
+    if parse is train.parse_args:
+        assert "default: shapes 160-256 by backbone, shapes-hard 320, others 640" in " ".join(text.split())
+
+
+def test_predict_numbers_its_runs_and_writes_what_is_asked(weights, tiny_shapes, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = str(tiny_shapes / "images" / "val" / "000000.jpg")
+    predict.main(["--weights", str(weights), "--source", source, "--conf", "0.001"])
+    predict.main(["--weights", str(weights), "--source", source, "--conf", "0.001", "--nosave", "--save-txt",
+                  "--classes", "2", "4", "--max-det", "5"])
+    first, second = Path("runs/predict/exp"), Path("runs/predict/exp2")
+    assert [p.name for p in first.iterdir()] == ["000000.jpg"]                  # drawn image only, by default
+    assert [p.name for p in second.iterdir()] == ["labels"]                     # --nosave --save-txt
+    rows = [line.split() for line in (second / "labels" / "000000.txt").read_text().splitlines()]
+    assert 0 < len(rows) <= 5 and {row[0] for row in rows} <= {"2", "4"} and all(len(r) == 6 for r in rows)
+    printed = capsys.readouterr().out
+    assert "1/1" in printed and " ms" in printed and "1 images, 0 skipped" in printed
+    with pytest.raises(SystemExit, match="--classes 9: the model has 6 classes"):
+        predict.main(["--weights", str(weights), "--source", source, "--classes", "9"])
+
+
+def test_predict_summary_counts_classes():
+    detections = torch.tensor([[0, 0, 1, 1, 0.9, 1], [0, 0, 1, 1, 0.8, 1], [0, 0, 1, 1, 0.7, 0],
+                               [0, 0, 1, 1, 0.6, 1], [0, 0, 1, 1, 0.5, 2]])
+    assert predict.summary(detections, ["cross", "circle", "star"]) == "3 circles, 1 cross, 1 star"
+    assert predict.summary(detections[:0], ["a"]) == "no detections"
+    assert predict.plural(2, "cross") == "2 crosses"
+
+
+def test_benchmark_rounds_the_size_and_writes_csv_only_when_asked(tmp_path, monkeypatch, capsys):
+    from lightdet import benchmark
+    monkeypatch.chdir(tmp_path)
+    rows = benchmark.main(["cspdarknet_n", "--img", "100", "--runs", "1", "--warmup", "0"])
+    assert "--img 100 is not a multiple of 32; using 128" in capsys.readouterr().out
+    assert rows[0]["model"] == "cspdarknet_n" and not list(tmp_path.rglob("*.csv"))
+    benchmark.main(["cspdarknet_n", "--img", "64", "--runs", "1", "--warmup", "0", "--csv", "out/b.csv"])
+    assert (tmp_path / "out" / "b.csv").read_text().startswith("model,")
