@@ -15,7 +15,7 @@ from lightdet.checkpoint import load_checkpoint
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, non_negative_int, positive_int,
                           round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
-from lightdet.evaluate import evaluate, format_table
+from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.model import Detector
 
 
@@ -53,18 +53,21 @@ def main(argv=None):
         ema = bool(checkpoint.get("ema")) or checkpoint.get("stripped", False)
         model = Detector.from_checkpoint(checkpoint).to(device)
         spec = resolve_data(data, names_file=args.names)
-        if len(spec.names) != model.head.num_classes:
+        single_cls = trained.get("single_cls", False)   # trained with --single-cls: every class is one
+        if len(spec.names) != model.head.num_classes and not single_cls:
             raise ValueError(f"{args.weights} predicts {model.head.num_classes} classes but {data} has "
                              f"{len(spec.names)}")
         dataset = build_dataset(spec, args.split, img, augment=False, rect=args.rect, batch_size=args.batch,
                                 fraction=args.fraction)
+        if single_cls:
+            merge_classes(dataset)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     loader = build_dataloader(dataset, args.batch, args.workers)
     print(f"weights {args.weights} ({'EMA' if ema else 'raw'} weights), data {data} [{args.split}], "
           f"img {img}{' rect' if args.rect else ''}, conf {args.conf}, NMS IoU {args.iou}")
     metrics = evaluate(model, loader, conf_thres=args.conf, iou_thres=args.iou, max_det=args.max_det,
-                       device=device, amp=device.type == "cuda")
+                       device=device, amp=device.type == "cuda", single_cls=single_cls)
     print(format_table(metrics))
     pre, inference, nms = metrics["speed_ms"]
     print(f"speed per image: {pre:.1f} ms pre-process, {inference:.1f} ms inference, {nms:.1f} ms NMS")

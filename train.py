@@ -37,7 +37,7 @@ from lightdet.checkpoint import interrupts_deferred, load_checkpoint, load_weigh
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_int,
                           positive_float, positive_int, round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
-from lightdet.evaluate import evaluate, format_table
+from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
 from lightdet.losses import YOLOLoss
 from lightdet.losses.yolo import BOX_LOSSES
@@ -166,8 +166,8 @@ def resume_args(args):
         raise ValueError(f"{path} is the final checkpoint of a finished run (optimizer stripped): nothing to "
                          f"resume; start a new run from it with --weights {path}")
     saved = {**vars(parse_args([])), **checkpoint["args"]}   # flags added since the run started: defaults
-    return argparse.Namespace(**{**saved, "resume": str(path), "workers": args.workers, "device": args.device}), \
-        checkpoint
+    resumed = argparse.Namespace(**{**saved, "resume": str(path), "workers": args.workers, "device": args.device})
+    return resumed, checkpoint
 
 
 def seed_everything(seed):
@@ -177,7 +177,10 @@ def seed_everything(seed):
 
 
 def build_detector(args, num_classes, log):
+    """The detector, from --weights or --pretrained-backbone when given (not when resuming: last.pt has it all)."""
     model = build_model(args.backbone, num_classes=num_classes, scale=args.scale)
+    if args.resume:
+        return model
     if args.weights:
         load_weights(model, load_checkpoint(args.weights), args.weights, log)
     if args.pretrained_backbone:
@@ -313,9 +316,7 @@ def build_data(args, device, rank, world):
         val_set = build_dataset(spec, "val", args.img, augment=False, rect=True, batch_size=batch * 2, cache=args.cache)
         val_loader = build_dataloader(val_set, batch * 2, args.workers)
     for dataset in (train_set, val_set) if args.single_cls else ():
-        dataset.names = ["item"]
-        for labels in dataset.labels:
-            labels[:, 0] = 0
+        merge_classes(dataset)
     return SimpleNamespace(names=train_set.names, train_set=train_set, sampler=sampler, train_loader=train_loader,
                            val_loader=val_loader)
 

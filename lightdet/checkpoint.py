@@ -19,11 +19,13 @@ import torch
 def interrupts_deferred():
     """Hold Ctrl-C (SIGINT) until the block is done, then deliver it. A KeyboardInterrupt raised inside
     torch.save's zip writer surfaces as a RuntimeError and leaves a half-written file behind."""
-    if threading.current_thread() is not threading.main_thread():   # only the main thread receives signals
+    previous = signal.getsignal(signal.SIGINT)
+    # Only the main thread can install a handler; one installed outside Python (None) could not be restored.
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:

@@ -73,6 +73,14 @@ def evaluate(model, dataloader, conf_thres=0.001, iou_thres=0.6, max_det=300, de
     return metrics
 
 
+def merge_classes(dataset):
+    """Make every box of a dataset class 0, named 'item' (YOLOv5's --single-cls); returns the dataset."""
+    dataset.names = ["item"]
+    for labels in dataset.labels:
+        labels[:, 0] = 0
+    return dataset
+
+
 def _one_class(coco):
     """A copy of a pycocotools COCO with every annotation in one category (id 1)."""
     one = COCO()
