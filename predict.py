@@ -139,7 +139,7 @@ def main(argv=None):
     if not done:
         raise SystemExit(f"error: --source {args.source}: no image could be read ({skipped} skipped)")
     pre, inference, nms = 1000 * seconds / done
-    print(f"{done} images, {skipped} skipped; per image {pre:.1f} ms reading and letterboxing, "
+    print(f"{plural(done, 'image')}, {skipped} skipped; per image {pre:.1f} ms reading and letterboxing, "
           f"{inference:.1f} ms inference, {nms:.1f} ms NMS at {size}")
     if not args.nosave or args.save_txt or args.save_json:
         print(f"results in {out}")

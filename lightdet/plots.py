@@ -169,7 +169,7 @@ def plot_confusion(matrix, names, path):
             shade = 255 - int(200 * shares[row, col])
             draw.rectangle((x, y, x + cell, y + cell), fill=(shade, shade + (255 - shade) // 3, 255),
                            outline=GRID_COLOUR)
-            if matrix[row, col] and cell >= 28:
+            if shares[row, col] >= 0.005 and cell >= 28:   # as YOLOv5, no "0.00"
                 colour = "white" if shares[row, col] > 0.6 else "black"
                 draw.text((x + cell / 2, y + cell / 2), f"{shares[row, col]:.2f}", fill=colour, font=text, anchor="mm")
     for k, name in enumerate(labels):

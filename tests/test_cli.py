@@ -208,7 +208,7 @@ def test_predict_numbers_its_runs_and_writes_what_is_asked(weights, tiny_shapes,
     rows = [line.split() for line in (second / "labels" / "000000.txt").read_text().splitlines()]
     assert 0 < len(rows) <= 5 and {row[0] for row in rows} <= {"2", "4"} and all(len(r) == 6 for r in rows)
     printed = capsys.readouterr().out
-    assert "1/1" in printed and " ms" in printed and "1 images, 0 skipped" in printed
+    assert "1/1" in printed and " ms" in printed and "1 image, 0 skipped" in printed
     with pytest.raises(SystemExit, match="--classes 9: the model has 6 classes"):
         predict.main(["--weights", str(weights), "--source", source, "--classes", "9"])
 
