@@ -11,51 +11,59 @@ cosine LR decay to lrf = 0.01, gradient accumulation to a nominal batch of 64, a
 CUDA, gradient-norm clipping. The built-in dataset brings its own short recipe (RECIPES); any flag you give
 overrides it. Each epoch reseeds every RNG from (seed, epoch, rank), so a resumed run draws exactly the
 shuffles and augmentations an uninterrupted run would.
+
+Interruptions: weights/last.pt always holds the state after the last completed epoch (before the first, the
+initial state). Ctrl-C leaves it that way (a save in progress finishes first) and a kill cannot corrupt it, so
+`--resume` repeats the interrupted epoch and ends with the same weights as an uninterrupted run.
 """
 import argparse
-import csv
 import json
 import logging
 import math
 import os
 import random
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from lightdet.backbones import BACKBONES, load_pretrained
-from lightdet.checkpoint import load_checkpoint, save_checkpoint
+from lightdet.checkpoint import interrupts_deferred, load_checkpoint, load_weights
+from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_int,
+                          positive_float, positive_int, round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
-from lightdet.evaluate import evaluate, format_table
+from lightdet.evaluate import evaluate, format_table, merge_classes
+from lightdet.layers import SCALES
 from lightdet.losses import YOLOLoss
+from lightdet.losses.yolo import BOX_LOSSES
 from lightdet.model import build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
-from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate, unwrap
-from lightdet.plots import plot_results
+from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
+from lightdet.plots import plot_batch, plot_labels
+from lightdet.runs import find_last, finish, fitness, open_run_dir, results_row, save_epoch, write_results
 
-# Defaults per dataset; a flag on the command line always wins. YOLOv5's long recipe makes only ~250 updates
-# in 10 CPU minutes, so the built-in set trains with AdamW, no accumulation and a short warm-up instead, from
-# images cached in RAM (~0.6 GB; decoding was a third of the CPU time at 256 px). Its lr: cspdarknet, 3 epochs,
-# reached mAP50 0.18 / 0.22 / 0.14 with 1e-3 / 3e-3 / 6e-3; 2e-3 is between the best two and gentler on the
-# attention backbones.
+# Defaults per dataset; a flag on the command line always wins. YOLOv5's long recipe (SGD, accumulation to
+# batch 64, three warm-up epochs) makes too few updates in a few CPU minutes, so the built-in set trains with
+# AdamW, no accumulation and a short warm-up instead, from images cached in RAM (decoding is a large share of
+# the CPU time at these sizes). Its learning rate lies between the two best of a sweep and is gentler on the
+# attention backbones than the best one alone (README).
 RECIPES = {
     "shapes": dict(img=256, batch=16, epochs=5, optimizer="AdamW", lr=2e-3, nominal_batch=16,
                    warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
-    "shapes-hard": dict(img=320, batch=16, epochs=5, optimizer="AdamW", lr=2e-3, nominal_batch=16,
-                        warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
     "yolov5": dict(img=640, batch=16, epochs=100, optimizer="SGD", lr=0.01, nominal_batch=64,
                    warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False),
 }
-# On the built-in `shapes` set the schedule depends on the backbone: what its default variant trains in about
-# 9 minutes on the 2-core development CPU, from its measured training speed (img/s at 256: cspdarknet 47,
-# efficientvit 36, mobilevit 22, mobilenetv3 19, emo 17, repvit 14). Learning is slow until about the fourth
-# epoch, so the slower backbones train at 192 px, where they run 1.6-1.9× faster (mobilevit 36, mobilenetv3 33,
-# emo 28, repvit 23) and get more epochs; RepViT at 160 px (34 img/s): 6 epochs there reached mAP50 0.36,
-# 4 at 192 px 0.27-0.32. MobileViT did better at 192 px (6 epochs 0.29) than at 160 (9 epochs 0.26).
-# README has the measured times and mAP.
+RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's images are 320 px
+# On the built-in `shapes` set the schedule depends on the backbone: as many epochs as its default variant
+# trains in about 9 minutes on the 2-core development CPU. Learning is slow for the first few epochs, so the
+# depthwise-heavy backbones, slow at 256 px, train on smaller images, where they run much faster and get the
+# epochs they need; RepViT gains more from more epochs than from larger images. README has the measured
+# speeds, times and mAP behind each row.
 SHAPES_PER_BACKBONE = {
     "cspdarknet": dict(epochs=8),
     "efficientvit": dict(epochs=6),
@@ -68,84 +76,101 @@ WARMUP_EPOCHS = 3          # YOLOv5: max(3 epochs, 100 iterations) unless the re
 GRAD_CLIP_NORM = 10.0
 
 
+def recipe_default(key):
+    """'default: shapes 160-256 by backbone, shapes-hard 320, others 640': a flag's default from the recipes."""
+    by_backbone = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()})
+    values = {"shapes": by_backbone[0] if len(by_backbone) == 1 else f"{by_backbone[0]}-{by_backbone[-1]} by backbone",
+              "shapes-hard": RECIPES["shapes-hard"][key], "others": RECIPES["yolov5"][key]}
+    if len({str(v) for v in values.values()}) == 1:
+        return f"default: {values['others']}"
+    return "default: " + ", ".join(f"{name} {value}" for name, value in values.items())
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train a lightdet detector.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train a lightdet detector.", formatter_class=HelpFormatter)
     p.add_argument("--backbone", default="cspdarknet", help=f"one of: {', '.join(BACKBONES)}")
-    p.add_argument("--scale", default="n", help="neck (and CSPDarknet) size: n s m l x")
+    p.add_argument("--scale", default="n", choices=SCALES, help="neck (and CSPDarknet) size")
     p.add_argument("--neck-block", default="c3", choices=list(NECK_BLOCKS), help="the neck's CSP block")
     p.add_argument("--neck-attention", choices=list(NECK_ATTENTIONS), help="a block after each neck output")
     p.add_argument("--data", default="shapes", help="shapes | shapes-hard | YOLO folder | .txt list | COCO json")
-    p.add_argument("--names", default=None, help="class names file (one per line) if the dataset has none")
-    p.add_argument("--img", type=int, help="training and validation size (multiple of 32)")
-    p.add_argument("--batch", type=int, help="total batch size (split across DDP processes)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--workers", type=int,
+    p.add_argument("--names", help="class names file (one per line) if the dataset has none")
+    p.add_argument("--img", type=image_size, help=f"training and validation size ({recipe_default('img')})")
+    p.add_argument("--batch", type=positive_int, help=f"total batch, split across DDP processes "
+                                                     f"({recipe_default('batch')})")
+    p.add_argument("--epochs", type=positive_int, help=f"epochs to train ({recipe_default('epochs')})")
+    p.add_argument("--workers", type=non_negative_int,
                    help="dataloader processes (default: 4 with CUDA, a quarter of the cores on CPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1")
-    p.add_argument("--box-loss", default="ciou",
-                   help="iou giou diou ciou eiou focal_eiou siou wiou1 wiou2 wiou3")
-    p.add_argument("--optimizer", choices=("SGD", "AdamW"))
-    p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--schedule", choices=("linear", "cosine"), help="LR decay to 0.01 × lr")
-    p.add_argument("--nominal-batch", type=int, help="accumulate gradients up to this batch size")
-    p.add_argument("--val-every", type=int, help="validate every N epochs (0: only after the last)")
-    p.add_argument("--close-mosaic", type=int, help="train the last N epochs without mosaic, on whole images")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--box-loss", default="ciou", choices=BOX_LOSSES, help="IoU loss of the box term")
+    p.add_argument("--optimizer", choices=("SGD", "AdamW"), help=f"optimizer ({recipe_default('optimizer')})")
+    p.add_argument("--lr", type=positive_float, help=f"initial learning rate ({recipe_default('lr')})")
+    p.add_argument("--schedule", choices=("linear", "cosine"),
+                   help=f"LR decay to 0.01 × lr ({recipe_default('schedule')})")
+    p.add_argument("--nominal-batch", type=positive_int, help="accumulate gradients up to this batch size "
+                                                              f"({recipe_default('nominal_batch')})")
+    p.add_argument("--val-every", type=non_negative_int, help="validate every N epochs, 0: only after the last "
+                                                              f"({recipe_default('val_every')})")
+    p.add_argument("--close-mosaic", type=non_negative_int, help="train the last N epochs without mosaic "
+                                                                 f"({recipe_default('close_mosaic')})")
+    p.add_argument("--noval", action="store_true", help="validate only after the final epoch (--val-every 0)")
+    p.add_argument("--patience", type=non_negative_int, default=100,
+                   help="stop when N epochs passed since the best fitness (checked after validations; 0: never)")
+    p.add_argument("--save-period", type=non_negative_int, default=0,
+                   help="also keep weights/epochN.pt every N epochs (0: never)")
+    p.add_argument("--fraction", type=fraction, default=1.0,
+                   help="train on this share of the training images, the first in file order (quick trials)")
+    p.add_argument("--rect", action="store_true", help="rectangular training batches (least padding, no mosaic)")
+    p.add_argument("--multi-scale", action="store_true", help="resize each batch to 0.5-1.5 × --img")
+    p.add_argument("--single-cls", action="store_true", help="train every class as one class, 'item'")
+    p.add_argument("--label-smoothing", type=unit_interval, default=0.0, help="class targets 1 − ε/2 and ε/2")
     p.add_argument("--weights", help="start from a lightdet checkpoint (a new class count re-initialises the head)")
     p.add_argument("--pretrained-backbone", help="timm / official backbone checkpoint for the family's converter")
-    p.add_argument("--freeze-backbone-epochs", type=int, default=0)
+    p.add_argument("--freeze-backbone-epochs", type=non_negative_int, default=0,
+                   help="keep the backbone frozen for the first N epochs")
     p.add_argument("--resume", nargs="?", const="latest", help="continue a run: its last.pt, or the latest run")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP processes")
-    p.add_argument("--cache", action=argparse.BooleanOptionalAction, help="keep decoded images in RAM")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--project", default="runs/train")
-    p.add_argument("--name", default="exp")
-    p.add_argument("--exist-ok", action="store_true", help="reuse runs/train/<name> instead of numbering a new one")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction,
+                   help="keep decoded images in RAM (default: on for shapes, off for others)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
+    p.add_argument("--project", default="runs/train", help="runs go to <project>/<name>")
+    p.add_argument("--name", default="exp", help="run folder name; numbered exp2, exp3, ... when taken")
+    p.add_argument("--exist-ok", action="store_true", help="reuse <project>/<name> instead of numbering a new one")
     return p.parse_args(argv)
 
 
-def resolve_args(args):
+def resolve_args(args, log=print):
     """Fill unset flags from the dataset's recipe; round the image size up to a multiple of 32."""
+    if args.backbone not in BACKBONES:
+        raise SystemExit(f"error: unknown backbone {args.backbone!r}; valid names: {', '.join(BACKBONES)}")
     recipe = dict(RECIPES.get(args.data, RECIPES["yolov5"]))
+    if args.noval:
+        args.val_every = 0
     if args.data == "shapes":
         recipe.update(SHAPES_PER_BACKBONE.get(args.backbone.split("_")[0], {}))
     for key, value in recipe.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.img % 32:
-        rounded = math.ceil(args.img / 32) * 32
-        print(f"--img {args.img} is not a multiple of 32; using {rounded}")
-        args.img = rounded
-    if args.backbone not in BACKBONES:
-        raise SystemExit(f"error: unknown backbone {args.backbone!r}; valid names: {', '.join(BACKBONES)}")
+    args.img = round_image_size(args.img, log=log)
     return args
 
 
 def default_workers(device):
     """Loader processes: up to 4 with CUDA. On CPU they take cores from the compute threads, so a quarter of
-    the cores: none on a 2-core machine, where loading inside the training process is faster (cspdarknet at 256
-    with cached images: 49 img/s with 0 workers, 43 with 2)."""
+    the cores: none on a 2-core machine, where loading inside the training process is the faster (README)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, cores) if device.type == "cuda" else min(4, cores // 4)
 
 
-def find_resume_checkpoint(resume, project):
-    if resume != "latest":
-        return Path(resume)
-    candidates = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise SystemExit(f"error: --resume found no runs under {project}/*/weights/last.pt")
-    return candidates[-1]
-
-
-def new_run_dir(project, name, exist_ok):
-    path = Path(project) / name
-    number = 2
-    while path.exists() and not exist_ok:
-        path = Path(project) / f"{name}{number}"
-        number += 1
-    (path / "weights").mkdir(parents=True, exist_ok=True)
-    return path
+def resume_args(args):
+    """The run's own arguments from its last.pt (only --workers and --device may change), and the checkpoint."""
+    path = find_last(args.resume, args.project)
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("stripped") or "optimizer" not in checkpoint:
+        raise ValueError(f"{path} is the final checkpoint of a finished run (optimizer stripped): nothing to "
+                         f"resume; start a new run from it with --weights {path}")
+    saved = {**vars(parse_args([])), **checkpoint["args"]}   # flags added since the run started: defaults
+    resumed = argparse.Namespace(**{**saved, "resume": str(path), "workers": args.workers, "device": args.device})
+    return resumed, checkpoint
 
 
 def seed_everything(seed):
@@ -154,24 +179,18 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def build_detector(args, num_classes, device, log):
+def build_detector(args, num_classes, log):
+    """The detector, from --weights or --pretrained-backbone when given (not when resuming: last.pt has it all)."""
     model = build_model(args.backbone, num_classes=num_classes, scale=args.scale, neck_block=args.neck_block,
                         neck_attention=args.neck_attention)
+    if args.resume:
+        return model
     if args.weights:
-        checkpoint = load_checkpoint(args.weights)
-        state = checkpoint.get("ema") or checkpoint["model"]
-        if checkpoint["config"].get("num_classes") != num_classes:
-            state = {k: v for k, v in state.items() if not k.startswith("head.pred.")}
-            log(f"{args.weights} has {checkpoint['config'].get('num_classes')} classes, the data {num_classes}: "
-                "the head's prediction layers are re-initialised")
-        report = model.load_state_dict(state, strict=False)
-        if report.unexpected_keys or [k for k in report.missing_keys if not k.startswith("head.pred.")]:
-            raise SystemExit(f"error: {args.weights} does not fit backbone {args.backbone!r} scale {args.scale!r}: "
-                             f"missing {report.missing_keys[:5]}, unexpected {report.unexpected_keys[:5]}")
-        log(f"loaded {args.weights}")
+        load_weights(model, load_checkpoint(args.weights), args.weights, log)
     if args.pretrained_backbone:
-        log(f"pretrained backbone {args.pretrained_backbone}: {load_pretrained(model.backbone, args.pretrained_backbone)}")
-    return model.to(device)
+        report = load_pretrained(model.backbone, args.pretrained_backbone)
+        log(f"pretrained backbone {args.pretrained_backbone}: {report}")
+    return model
 
 
 def wrap(model, rank, device):
@@ -179,60 +198,147 @@ def wrap(model, rank, device):
     if rank < 0:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(unwrap(model), device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def resize_batch(images, size, stride=32):
+    """Images [B, 3, H, W] resized (bilinear) so the long side is `size`, each side a multiple of `stride`."""
+    factor = size / max(images.shape[2:])
+    shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
+    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False) if factor != 1 else images
+
+
+def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr):
+    """One pass over `loader` (torchvision's references/detection/engine.py): per iteration the LR of the
+    warm-up and decay, forward (AMP on CUDA) and the YOLOv5 loss, backward; an optimizer step with clipped
+    gradients and an EMA update every `accumulate` batches and after the last. Returns the mean [box, obj, cls]."""
+    device = next(net.parameters()).device
+    cuda, world = device.type == "cuda", dist.get_world_size() if dist.is_initialized() else 1
+    iterations = len(loader)
+    net.train()
+    mean_items = torch.zeros(3, device=device)
+    bar = tqdm(loader, total=iterations, disable=ema is None, ncols=110, bar_format="{l_bar}{bar:10}{r_bar}")
+    for i, (images, targets, _, _) in enumerate(bar):
+        step = i + iterations * epoch
+        adjust_lr(step)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
+        if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
+            images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
+        with torch.autocast("cuda", enabled=cuda):
+            loss, items = criterion(net(images), targets.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: box {items[0]:.4g}, "
+                                     f"obj {items[1]:.4g}, cls {items[2]:.4g}; try a lower --lr or check the labels")
+        scaler.scale(loss * world).backward()   # DDP averages gradients over processes
+        if (step + 1) % accumulate == 0 or i == iterations - 1:   # no gradient is carried into the next epoch
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema:
+                ema.update(net)
+        mean_items = (mean_items * i + items.detach()) / (i + 1)
+        memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
+        bar.set_description(f"{epoch + 1}/{args.epochs} {memory} box {mean_items[0]:.4f} obj {mean_items[1]:.4f} "
+                            f"cls {mean_items[2]:.4f} targets {len(targets)} img {images.shape[-1]}")
+    return mean_items.tolist()
 
 
 def train(args):
+    """The outline: arguments, data, model and optimizer, the run folder, then the epochs."""
     rank, world = int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(args.device)
+    device, main_process = select_device(args.device), rank <= 0
+    log = print if main_process else (lambda *a, **k: None)
+    args, checkpoint = resume_args(args) if args.resume else (resolve_args(args, log), None)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_process = rank <= 0
-    log = print if main_process else (lambda *a, **k: None)
+    run_dir, progress = None, {"epoch": -1}
+    try:
+        data = build_data(args, device, rank, world)
+        model, optimizer, criterion, ema, progress = build_training(args, data.names, device, checkpoint, log)
+        run_dir = start_run(args, data, model, ema, optimizer, criterion, progress, log) if main_process else None
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        iterations = len(data.train_loader)
+        warmup = args.warmup_iters if args.warmup_iters is not None else max(round(WARMUP_EPOCHS * iterations), 100)
+        adjust_lr = partial(set_learning_rate, optimizer, total=args.epochs * iterations, warmup=warmup,
+                            schedule=args.schedule, final=0.01, warmup_bias_lr=0.1 if args.optimizer == "SGD" else 0.0)
+        accumulate = max(round(args.nominal_batch / args.batch), 1)
+        first, net, metrics = progress["epoch"] + 1, model, None
+        for epoch in range(first, args.epochs):
+            if epoch in (first, args.freeze_backbone_epochs):
+                net = freeze_backbone(model, epoch < args.freeze_backbone_epochs, rank, device, log)
+            seed_everything(args.seed + 1000 * epoch + max(rank, 0))
+            if data.sampler:
+                data.sampler.set_epoch(epoch)
+            # read by the loader's workers, which restart every epoch
+            data.train_set.mosaic = not args.rect and epoch < args.epochs - args.close_mosaic
+            losses = train_one_epoch(net, criterion, optimizer, scaler, ema, data.train_loader, epoch, args,
+                                     accumulate, adjust_lr)
+            if main_process:
+                metrics = validate(ema.ema, data.val_loader, epoch, args, log)
+                progress = end_epoch(run_dir, epoch, losses, metrics, model, ema, optimizer, criterion, progress,
+                                     data.names, args)
+            if out_of_patience(progress, metrics, epoch, args, log):
+                break
+        if main_process:
+            finish(run_dir, metrics, data.names)
+            log(f"\n{format_table(metrics) if metrics else 'all epochs were done: final checkpoints stripped'}\n"
+                f"weights: {run_dir / 'weights'}")
+        return model, metrics, run_dir
+    except KeyboardInterrupt:
+        last = run_dir / "weights" / "last.pt" if run_dir else None
+        log(f"\ninterrupted: {last} holds epoch {progress['epoch'] + 1} of {args.epochs}; continue exactly with "
+            f"python train.py --resume {last}" if last else "\ninterrupted before training started")
+        raise SystemExit(130) from None
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
 
-    checkpoint = None
-    if args.resume:
-        resume_path = find_resume_checkpoint(args.resume, args.project)
-        checkpoint = load_checkpoint(resume_path)
-        args = argparse.Namespace(**{**checkpoint["args"], "resume": str(resume_path), "workers": args.workers,
-                                     "device": args.device})
-        run_dir = resume_path.parent.parent
-        log(f"resuming {resume_path} after epoch {checkpoint['epoch'] + 1}")
-    else:
-        args = resolve_args(args)
-        run_dir = new_run_dir(args.project, args.name, args.exist_ok) if main_process else None
+
+def build_data(args, device, rank, world):
+    """Class names, the training set, its DistributedSampler (or None) and loader, and the validation loader
+    (rank 0 only). With --single-cls every box becomes class 0, 'item'."""
     if args.workers is None:
         args.workers = default_workers(device)
     seed_everything(args.seed)
-
-    if world > 1 and not main_process:
+    if world > 1 and rank > 0:
         dist.barrier()   # rank 0 generates the built-in dataset once; the others wait for it
     spec = resolve_data(args.data, names_file=args.names)
-    if world > 1 and main_process:
+    if world > 1 and rank == 0:
         dist.barrier()
-    names = spec.names
-    train_set = build_dataset(spec, "train", args.img, augment=True, batch_size=args.batch, cache=args.cache)
     batch = args.batch // max(world, 1)
+    train_set = build_dataset(spec, "train", args.img, augment=True, rect=args.rect, batch_size=batch,
+                              cache=args.cache, fraction=args.fraction)
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, seed=args.seed) if world > 1 else None
     train_loader = build_dataloader(train_set, batch, args.workers, shuffle=sampler is None, sampler=sampler)
-    if main_process:
+    val_set = val_loader = None
+    if rank <= 0:
         val_set = build_dataset(spec, "val", args.img, augment=False, rect=True, batch_size=batch * 2, cache=args.cache)
         val_loader = build_dataloader(val_set, batch * 2, args.workers)
+    for dataset in (train_set, val_set) if args.single_cls else ():
+        merge_classes(dataset)
+    return SimpleNamespace(names=train_set.names, train_set=train_set, sampler=sampler, train_loader=train_loader,
+                           val_loader=val_loader)
 
-    # channels-last: oneDNN's (and cuDNN's) fast convolution layout; 1.2-2× faster training on CPU here
-    model = build_detector(args, len(names), device, log).to(memory_format=torch.channels_last)
-    if world > 1 and args.sync_bn:
+
+def build_training(args, names, device, checkpoint, log):
+    """Model, optimizer, loss, EMA (rank 0) and progress, restored from `checkpoint` when resuming."""
+    # channels-last: the convolution layout oneDNN and cuDNN run fastest (README)
+    model = build_detector(args, len(names), log).to(device, memory_format=torch.channels_last)
+    if dist.is_initialized() and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     accumulate = max(round(args.nominal_batch / args.batch), 1)
     weight_decay = 5e-4 * args.batch * accumulate / args.nominal_batch
     optimizer = build_optimizer(model, args.optimizer, args.lr, weight_decay=weight_decay)
     criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, len(names), box_loss=args.box_loss,
-                         imgsz=args.img).to(device)
-    ema = ModelEMA(model) if main_process else None
-    start_epoch, best_fitness = 0, 0.0
+                         imgsz=args.img, hyp={"label_smoothing": args.label_smoothing}).to(device)
+    ema = ModelEMA(model) if not dist.is_initialized() or dist.get_rank() == 0 else None
+    # saved with the weights, so that last.pt is the whole truth about the run
+    progress = {"epoch": -1, "best_fitness": 0.0, "best_epoch": -1, "results": []}
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -240,111 +346,85 @@ def train(args):
         if ema:
             ema.ema.load_state_dict(checkpoint["ema"])
             ema.updates = checkpoint["ema_updates"]
-        start_epoch, best_fitness = checkpoint["epoch"] + 1, checkpoint["best_fitness"]
-    cuda = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    iterations = len(train_loader)
-    total = args.epochs * iterations
-    warmup = args.warmup_iters if args.warmup_iters is not None else max(round(WARMUP_EPOCHS * iterations), 100)
-    if main_process:
-        (run_dir / "config.json").write_text(json.dumps({**vars(args), "model": model.config}, indent=2))
-        log(f"{args.backbone} scale {args.scale}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-            f"{len(train_set)} training images at {args.img}, batch {args.batch}, accumulate {accumulate}, "
-            f"{args.optimizer} lr {args.lr}, {args.epochs} epochs; logging to {run_dir}")
-
-    def save(epoch, fitness_improved):
-        state = {"model": unwrap(model).state_dict(), "ema": ema.ema.state_dict(), "ema_updates": ema.updates,
-                 "optimizer": optimizer.state_dict(), "loss": criterion.state_dict(), "epoch": epoch,
-                 "best_fitness": best_fitness, "config": unwrap(model).config, "names": list(names),
-                 "args": vars(args)}
-        save_checkpoint(state, run_dir / "weights" / "last.pt")
-        if fitness_improved:
-            save_checkpoint(state, run_dir / "weights" / "best.pt")
-
-    frozen, net, metrics, completed = None, model, None, start_epoch - 1
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            should_freeze = epoch < args.freeze_backbone_epochs
-            if should_freeze != frozen:   # (re)wrap for DDP: it fixes the trainable set at construction
-                for p in unwrap(model).backbone.parameters():
-                    p.requires_grad_(not should_freeze)
-                net, frozen = wrap(model, rank, device), should_freeze
-                if should_freeze:
-                    log(f"backbone frozen for epochs 1..{args.freeze_backbone_epochs}")
-            seed_everything(args.seed + 1000 * epoch + max(rank, 0))
-            if sampler:
-                sampler.set_epoch(epoch)
-            train_set.mosaic = epoch < args.epochs - args.close_mosaic   # workers restart each epoch
-            net.train()
-            mean_items = torch.zeros(3, device=device)
-            bar = tqdm(train_loader, total=iterations, disable=not main_process, ncols=110,
-                       bar_format="{l_bar}{bar:10}{r_bar}")
-            for i, (images, targets, _, _) in enumerate(bar):
-                step = i + iterations * epoch
-                set_learning_rate(optimizer, step, total, warmup, args.schedule, final=0.01,
-                                  warmup_bias_lr=0.1 if args.optimizer == "SGD" else 0.0)
-                images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
-                with torch.autocast("cuda", enabled=cuda):
-                    loss, items = criterion(net(images), targets.to(device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch + 1} iteration {i}: box {items[0]:.4g}, "
-                        f"obj {items[1]:.4g}, cls {items[2]:.4g}; try a lower --lr or check the labels")
-                scaler.scale(loss * max(world, 1)).backward()   # DDP averages gradients over processes
-                if (step + 1) % accumulate == 0 or i == iterations - 1:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema:
-                        ema.update(model)
-                mean_items = (mean_items * i + items.detach()) / (i + 1)
-                memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
-                bar.set_description(f"{epoch + 1}/{args.epochs} {memory} box {mean_items[0]:.4f} "
-                                    f"obj {mean_items[1]:.4f} cls {mean_items[2]:.4f} "
-                                    f"targets {len(targets)} img {images.shape[-1]}")
-            if main_process:
-                metrics = None
-                if epoch == args.epochs - 1 or (args.val_every and (epoch + 1) % args.val_every == 0):
-                    metrics = evaluate(ema.ema, val_loader, device=device, amp=cuda)
-                    log(f"epoch {epoch + 1}: P {metrics['P']:.3f} R {metrics['R']:.3f} "
-                        f"mAP50 {metrics['mAP50']:.3f} mAP50-95 {metrics['mAP50_95']:.3f}")
-                fitness = 0.1 * metrics["mAP50"] + 0.9 * metrics["mAP50_95"] if metrics else None
-                improved = fitness is not None and fitness >= best_fitness
-                best_fitness = max(best_fitness, fitness or 0.0)
-                save(epoch, improved)
-                log_results(run_dir, epoch, mean_items.tolist(), optimizer.param_groups[0]["lr"], metrics)
-            completed = epoch
-    except KeyboardInterrupt:
-        if main_process:
-            save(completed, False)   # a partly trained epoch is trained again on --resume
-            log(f"\ninterrupted: saved {run_dir / 'weights' / 'last.pt'}; continue with --resume")
-        raise SystemExit(130)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-    if main_process:
-        log(f"\n{format_table(metrics)}\nweights: {run_dir / 'weights'}" if metrics else
-            f"nothing to train: {args.epochs} epochs were already done")
-    return model, metrics, run_dir
+        progress = {key: checkpoint.get(key, default) for key, default in progress.items()}
+    return model, optimizer, criterion, ema, progress
 
 
-def log_results(run_dir, epoch, items, lr, metrics):
-    """Append one row to results.csv and redraw results.png."""
-    row = {"epoch": epoch + 1, "box_loss": items[0], "obj_loss": items[1], "cls_loss": items[2], "lr": lr,
-           "P": "", "R": "", "mAP50": "", "mAP50-95": ""}
-    if metrics:
-        row.update(P=metrics["P"], R=metrics["R"], mAP50=metrics["mAP50"], **{"mAP50-95": metrics["mAP50_95"]})
-    path = run_dir / "results.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-    with open(path, newline="") as f:
-        plot_results(list(csv.DictReader(f)), run_dir / "results.png")
+def start_run(args, data, model, ema, optimizer, criterion, progress, log):
+    """The run folder, made only now that the run can start, with stale temporaries of a killed run removed.
+    A new run gets its initial last.pt (so that even the first epoch can be resumed), labels.jpg and
+    train_batch0.jpg; a resumed one gets results.csv rewritten as last.pt knows it."""
+    run_dir = open_run_dir(Path(args.resume).parent.parent if args.resume else
+                           increment_path(args.project, args.name, args.exist_ok), log)
+    (run_dir / "config.json").write_text(json.dumps({**vars(args), "model": model.config}, indent=2))
+    if args.resume:
+        log(f"resuming {args.resume}: {progress['epoch'] + 1} of {args.epochs} epochs done")
+        write_results(run_dir, progress["results"])
+    else:
+        save_epoch(run_dir, training_state(model, ema, optimizer, criterion, progress, data.names, args), best=False)
+        plot_labels(data.train_set.labels, data.names, run_dir / "labels.jpg")
+        seed_everything(args.seed)   # the first batch of epoch 1, exactly as it will be drawn
+        data.train_set.mosaic = not args.rect and args.epochs > args.close_mosaic
+        images, targets, _, _ = next(iter(data.train_loader))
+        plot_batch(images, targets, data.names, run_dir / "train_batch0.jpg")
+    log(f"{args.backbone} scale {args.scale}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{len(data.train_set)} training images at {args.img}, batch {args.batch}, {args.optimizer} lr {args.lr}, "
+        f"{args.epochs} epochs; logging to {run_dir}")
+    return run_dir
+
+
+def freeze_backbone(model, frozen, rank, device, log):
+    """Freeze or unfreeze the backbone, and wrap the model for DDP again (it fixes the trainable set)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        log("backbone frozen")
+    return wrap(model, rank, device)
+
+
+def validate(model, val_loader, epoch, args, log):
+    """Metrics of the EMA weights on the validation split, when this epoch is due for validation; else None."""
+    if epoch != args.epochs - 1 and not (args.val_every and (epoch + 1) % args.val_every == 0):
+        return None
+    device = next(model.parameters()).device
+    metrics = evaluate(model, val_loader, device=device, amp=device.type == "cuda", single_cls=args.single_cls)
+    log(f"epoch {epoch + 1}: P {metrics['P']:.3f} R {metrics['R']:.3f} mAP50 {metrics['mAP50']:.3f} "
+        f"mAP50-95 {metrics['mAP50_95']:.3f}")
+    return metrics
+
+
+def end_epoch(run_dir, epoch, losses, metrics, model, ema, optimizer, criterion, progress, names, args):
+    """Record a completed epoch: best.pt when the fitness improved, last.pt, results.csv and results.png, all
+    or (after Ctrl-C, which waits) none of them. Returns the new progress."""
+    score = fitness(metrics)
+    improved = score is not None and score >= progress["best_fitness"]
+    row = results_row(epoch, losses, optimizer.param_groups[0]["lr"], metrics)
+    with interrupts_deferred():
+        progress = {"epoch": epoch, "best_fitness": score if improved else progress["best_fitness"],
+                    "best_epoch": epoch if improved else progress["best_epoch"], "results": progress["results"] + [row]}
+        save_epoch(run_dir, training_state(model, ema, optimizer, criterion, progress, names, args), improved,
+                   args.save_period)
+        write_results(run_dir, progress["results"])
+    return progress
+
+
+def out_of_patience(progress, metrics, epoch, args, log):
+    """YOLOv5's early stop, decided on rank 0 after a validation and shared with every process."""
+    stop = bool(metrics and args.patience and epoch - progress["best_epoch"] >= args.patience)
+    if dist.is_initialized():
+        decision = [stop]
+        dist.broadcast_object_list(decision, src=0)
+        stop = decision[0]
+    if stop:
+        log(f"stopping early: no better fitness in the {args.patience} epochs since epoch {progress['best_epoch'] + 1}")
+    return stop
+
+
+def training_state(model, ema, optimizer, criterion, progress, names, args):
+    """The checkpoint of a run in progress: DESIGN.md's keys plus what an exact resume needs."""
+    return {"model": model.state_dict(), "ema": ema.ema.state_dict(), "ema_updates": ema.updates,
+            "optimizer": optimizer.state_dict(), "loss": criterion.state_dict(), **progress, "config": model.config,
+            "names": list(names), "args": vars(args)}
 
 
 def main(argv=None):

@@ -1,13 +1,14 @@
 """The comparison table: parameters, GFLOPs and latency of every registered backbone, measured honestly.
 
     python -m lightdet.benchmark                          # every variant, full detector (80 classes, scale n)
-    python -m lightdet.benchmark --part backbone repvit_m0_9 mobilevit_xxs --runs 20
+    python -m lightdet.benchmark --part backbone repvit_m0_9 mobilevit_xxs --runs 20 --csv runs/backbones.csv
     python -m lightdet.benchmark cspdarknet emo_1m --necks   # each name with every neck option (lightdet.necks)
     python -m lightdet.benchmark cspdarknet --scale s --necks
 
 Latency is the median of `--runs` timed forward passes at batch 1 after `--warmup` untimed ones, in eval mode
 under `torch.inference_mode`, unfused and after `fuse()`; CUDA latency is added when a GPU is present. Model
-and input are channels-last, the layout oneDNN and cuDNN convolve fastest (1.1-1.4× here on the CPU).
+and input are channels-last, the layout oneDNN and cuDNN convolve fastest (README has the gain measured here).
+The table is printed as Markdown, and written as CSV only where --csv says.
 """
 import argparse
 import csv
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .backbones import BACKBONES, VARIANTS
+from .cli import HelpFormatter, image_size, non_negative_int, positive_int, round_image_size
 from .layers import SCALES
 from .model import build_model, model_info
 from .necks import NECK_OPTIONS
@@ -71,18 +73,20 @@ def markdown(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="registered names (default: every variant)")
-    parser.add_argument("--part", choices=("detector", "backbone"), default="detector")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("names", nargs="*", help="registered names (default: every variant, no family aliases)")
+    parser.add_argument("--part", choices=("detector", "backbone"), default="detector",
+                        help="time the whole detector (neck and head at --scale, 80 classes) or the backbone alone")
     parser.add_argument("--scale", default="n", choices=list(SCALES),
                         help="neck size (and CSPDarknet's, for the name cspdarknet)")
     parser.add_argument("--necks", action="store_true", help="measure each name with every neck option")
-    parser.add_argument("--img", type=int, default=640)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--csv", default="runs/benchmark.csv")
+    parser.add_argument("--img", type=image_size, default=640, help="square input size (a multiple of 32)")
+    parser.add_argument("--runs", type=positive_int, default=10, help="timed forward passes (the median is kept)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed passes before timing")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args(argv)
+    args.img = round_image_size(args.img)
     if args.threads:
         torch.set_num_threads(args.threads)
     unknown = [n for n in args.names if n not in BACKBONES]
@@ -98,13 +102,15 @@ def main(argv=None):
     print(f"\n{args.part}, {args.img}×{args.img}, batch 1, {torch.get_num_threads()} CPU threads, "
           f"median of {args.runs}\n")
     print(markdown(rows))
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nsaved {path}")
+    if args.csv:
+        path = Path(args.csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"\nsaved {path}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -62,10 +62,12 @@ class Detector(nn.Module):
         (RT-DETR's denoising queries); the anchor head ignores them."""
         return self.head(self.neck(self.backbone(images)), targets)
 
-    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300):
+    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300, classes=None, agnostic=False,
+                    multi_label=False):
         """The eval-mode output -> one `Tensor[n, 6]` per image: x1, y1, x2, y2 (input pixels), score, class,
-        by descending score. The head decides how: NMS for the anchor head, top-k for RT-DETR."""
-        return self.head.postprocess(predictions, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
+        by descending score. The head decides how: NMS for the anchor head, top-k for RT-DETR. `classes` keeps
+        only those class indices; `agnostic` and `multi_label` are YOLOv5's NMS options."""
+        return self.head.postprocess(predictions, conf_thres, iou_thres, max_det, classes, agnostic, multi_label)
 
     @torch.no_grad()
     def fuse(self):

@@ -38,10 +38,13 @@ def test_train_eval_predict_every_family(family, tiny_shapes, tmp_path, capsys):
     model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--backbone", family)
     weights = run_dir / "weights"
     assert (weights / "last.pt").is_file() and (weights / "best.pt").is_file()
-    assert (run_dir / "results.csv").read_text().count("\n") == 2 and (run_dir / "results.png").is_file()
+    assert (run_dir / "results.csv").read_text().count("\n") == 2
+    for picture in ("results.png", "labels.jpg", "train_batch0.jpg", "confusion_matrix.png", "PR_curve.png"):
+        assert (run_dir / picture).is_file(), picture
     assert set(metrics) >= {"P", "R", "mAP50", "mAP50_95", "per_class"}
-    checkpoint = torch.load(weights / "last.pt", weights_only=True)   # plain types only
+    checkpoint = torch.load(weights / "best.pt", weights_only=True)   # plain types only
     assert checkpoint["config"]["backbone"] == family and checkpoint["epoch"] == 0
+    assert checkpoint["stripped"] and "optimizer" not in checkpoint and "ema" not in checkpoint   # EMA as model
 
     evaluated = eval_script.main(["--weights", str(weights / "best.pt"), "--workers", "0",
                                   "--save-json", str(tmp_path / "det.json")])
@@ -49,38 +52,42 @@ def test_train_eval_predict_every_family(family, tiny_shapes, tmp_path, capsys):
     assert isinstance(json.loads((tmp_path / "det.json").read_text()), list)
     out = tmp_path / "predict"
     predict.main(["--weights", str(weights / "best.pt"), "--source", str(tiny_shapes / "images" / "val"),
-                  "--out", str(out), "--conf", "0.001"])
-    assert len(list(out.glob("*.jpg"))) == 4 and len(list(out.glob("*.json"))) == 4
+                  "--out", str(out), "--conf", "0.001", "--save-json"])
+    assert len(list(out.glob("*.jpg"))) == 4 and len(list(out.glob("labels/*.json"))) == 4
     assert "weights" in capsys.readouterr().out
 
 
-def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
-    args = ["--epochs", "2", "--optimizer", "AdamW", "--lr", "0.001"]
-    straight, _, _ = run_train(tiny_shapes, tmp_path / "a", *args)
+def test_training_flags_users_of_yolov5_expect(tiny_shapes, tmp_path, monkeypatch, capsys):
+    sizes, built, smoothing = [], [], []
+    resize = train.resize_batch
+    monkeypatch.setattr(train, "resize_batch", lambda images, size: sizes.append(size) or resize(images, size))
+    build = train.build_dataset
+    monkeypatch.setattr(train, "build_dataset", lambda *a, **k: built.append(k.get("rect")) or build(*a, **k))
+    loss = train.YOLOLoss
+    monkeypatch.setattr(train, "YOLOLoss",
+                        lambda *a, **k: smoothing.append(k["hyp"]["label_smoothing"]) or loss(*a, **k))
+    model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--epochs", "2", "--fraction", "0.5",
+                                        "--single-cls", "--label-smoothing", "0.1", "--rect", "--multi-scale",
+                                        "--save-period", "1", "--noval")
+    assert "4 training images" in capsys.readouterr().out                   # --fraction 0.5 of 8
+    assert model.head.num_classes == 1 and [r["class"] for r in metrics["per_class"]] == ["item"]
+    assert sorted(p.name for p in (run_dir / "weights").iterdir()) == ["best.pt", "epoch1.pt", "epoch2.pt", "last.pt"]
+    rows = (run_dir / "results.csv").read_text().splitlines()
+    assert rows[1].endswith(",,,,") and not rows[2].endswith(",")          # --noval: only the last epoch
+    assert sizes and all(size % 32 == 0 and 32 <= size <= 96 for size in sizes)   # 0.5-1.5 x 64
+    assert built[0] is True and smoothing == [0.1]                          # --rect, --label-smoothing
+    evaluated = eval_script.main(["--weights", str(run_dir / "weights" / "best.pt"), "--workers", "0"])
+    assert evaluated["per_class"] == [{**evaluated["per_class"][0], "class": "item",   # eval.py knows --single-cls
+                                       "instances": metrics["per_class"][0]["instances"]}]
 
-    # the same run, interrupted (Ctrl-C) as the second epoch starts, then resumed
-    set_lr = train.set_learning_rate
 
-    def interrupt_in_epoch_two(optimizer, step, total, *rest, **kw):
-        if step == total // 2:
-            raise KeyboardInterrupt
-        return set_lr(optimizer, step, total, *rest, **kw)
-    monkeypatch.setattr(train, "set_learning_rate", interrupt_in_epoch_two)
-    with pytest.raises(SystemExit) as stop:
-        run_train(tiny_shapes, tmp_path / "b", *args)
-    assert stop.value.code == 130
-    last = tmp_path / "b" / "exp" / "weights" / "last.pt"
-    assert load_checkpoint(last)["epoch"] == 0
-    monkeypatch.setattr(train, "set_learning_rate", set_lr)
-    resumed, _, _ = train.train(train.parse_args(["--resume", str(last), "--workers", "0"]))
-
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    final = load_checkpoint(last)
-    assert final["epoch"] == 1
-    reference = load_checkpoint(tmp_path / "a" / "exp" / "weights" / "last.pt")
-    for a, b in zip(reference["optimizer"]["state"].values(), final["optimizer"]["state"].values()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+def test_patience_stops_early(tiny_shapes, tmp_path, monkeypatch, capsys):
+    scores = iter([0.5, 0.2, 0.2])
+    monkeypatch.setattr(train, "fitness", lambda metrics: next(scores))
+    _, _, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--epochs", "3", "--val-every", "1", "--patience", "1")
+    assert "stopping early" in capsys.readouterr().out
+    assert (run_dir / "results.csv").read_text().count("\n") == 3          # header and two epochs
+    assert load_checkpoint(run_dir / "weights" / "best.pt")["epoch"] == 0
 
 
 def test_loss_falls_on_a_repeated_batch():

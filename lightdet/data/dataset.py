@@ -45,12 +45,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, split, names, imgsz=640, augment=False, hyp=None, rect=False, batch_size=16, cache=False,
-                 stride=32, rect_pad=0.0):
+                 stride=32, rect_pad=0.0, fraction=1.0):
         self.split, self.names = split, list(names)
         self.imgsz, self.augment, self.rect, self.batch_size, self.stride = imgsz, augment, rect, batch_size, stride
         self.hyp = {**HYP_DEFAULTS, **(hyp or {})}
         self.mosaic = augment and not rect   # rectangular batches need one image per sample
-        scan = scan_split(split, len(self.names))
+        scan = scan_split(split, len(self.names), fraction=fraction)
         self.report = scan.report
         self.im_files, self.labels, self.shapes = scan.im_files, scan.labels, scan.shapes
         self.orientations, self.image_ids = scan.orientations, scan.image_ids

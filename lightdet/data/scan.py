@@ -73,8 +73,9 @@ def _orphan_labels(label_files):
     return sorted(str(p) for folder in folders if folder.is_dir() for p in folder.glob("*.txt") if str(p) not in known)
 
 
-def scan_split(split, num_classes, threads=8):
-    """Check a Split (see sources.Split); returns a ScanResult, or raises DatasetError if nothing is usable."""
+def scan_split(split, num_classes, threads=8, fraction=1.0):
+    """Check a Split (see sources.Split); returns a ScanResult, or raises DatasetError if nothing is usable.
+    `fraction` < 1 keeps only that share of the images, the first in file order (ultralytics' --fraction)."""
     report = ScanReport(str(split.path))
     if split.format == "coco":
         index = read_coco(split.path)
@@ -88,6 +89,7 @@ def scan_split(split, num_classes, threads=8):
         if orphans:
             report.messages.append(f"{len(orphans)} label files have no image and are ignored: {', '.join(orphans[:5])}"
                                    + (" ..." if len(orphans) > 5 else ""))
+    files = files[:max(1, round(len(files) * fraction))]
     report.found = len(files)
     with ThreadPoolExecutor(threads) as pool:   # headers are I/O bound; PIL releases the GIL while decoding
         headers = list(pool.map(_check, files))

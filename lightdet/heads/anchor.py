@@ -77,8 +77,9 @@ class AnchorHead(nn.Module):
         wh = (wh * 2) ** 2 * anchor
         return torch.cat((xy, wh, scores), -1).view(b, na * h * w, no)
 
-    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300):
+    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300, classes=None, agnostic=False,
+                    multi_label=False):
         """Detections from the eval-mode output, `(decoded, raw)` or `decoded`: YOLOv5's NMS
         (`lightdet.nms.non_max_suppression`). Returns one `Tensor[n, 6]` per image: x1, y1, x2, y2 (pixels),
         score, class."""
-        return non_max_suppression(predictions, conf_thres, iou_thres, max_det=max_det)
+        return non_max_suppression(predictions, conf_thres, iou_thres, classes, agnostic, multi_label, max_det)

@@ -285,15 +285,21 @@ class RTDETRHead(nn.Module):
             boxes, logits = [refined], [self.dec_score_head[-1](queries)]
         return torch.stack(boxes), torch.stack(logits)
 
-    def postprocess(self, predictions, conf_thres=0.25, iou_thres=None, max_det=300):
-        """Detections from the eval-mode output: the `max_det` best (query, class) scores above `conf_thres`.
+    def postprocess(self, predictions, conf_thres=0.25, iou_thres=None, max_det=300, classes=None, agnostic=None,
+                    multi_label=None):
+        """Detections from the eval-mode output: the `max_det` best (query, class) scores above `conf_thres`,
+        of `classes` only when given.
 
         predictions: (B, k, 4 + nc) as `forward` returns in eval (the `(predictions, outputs)` tuple works too).
-        iou_thres is not used: RT-DETR needs no NMS.
+        iou_thres, agnostic and multi_label are NMS settings, unused: RT-DETR needs no NMS, and its top-k may
+        list one query under several classes.
         Returns one `Tensor[n, 6]` per image: x1, y1, x2, y2 (input pixels), score, class, by descending score.
         """
         if isinstance(predictions, (list, tuple)):
             predictions = predictions[0]
         boxes, scores, classes = top_scores(predictions[..., :4], predictions[..., 4:], max_det)
         detections = torch.cat((cxcywh_to_xyxy(boxes), scores[..., None], classes[..., None].to(boxes.dtype)), -1)
-        return [image[image[:, 4] > conf_thres] for image in detections]
+        keep = detections[..., 4] > conf_thres
+        if classes is not None:
+            keep &= torch.isin(detections[..., 5], detections.new_tensor(classes))
+        return [image[mask] for image, mask in zip(detections, keep)]
