@@ -33,58 +33,21 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lightdet.backbones import BACKBONES, load_pretrained
-from lightdet.checkpoint import interrupts_deferred, load_checkpoint, load_weights
+from lightdet.checkpoint import architecture, interrupts_deferred, load_checkpoint, load_weights
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_int,
                           positive_float, positive_int, round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
 from lightdet.losses import YOLOLoss
+from lightdet.losses.detr import RTDETRLoss
 from lightdet.losses.yolo import BOX_LOSSES
-from lightdet.model import build_model
+from lightdet.model import HEADS, build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
 from lightdet.plots import plot_batch, plot_labels
+from lightdet.recipes import HEAD_RECIPES, WARMUP_EPOCHS, recipe_default, recipe_for
 from lightdet.runs import find_last, finish, fitness, open_run_dir, results_row, save_epoch, write_results
-
-# Defaults per dataset; a flag on the command line always wins. YOLOv5's long recipe (SGD, accumulation to
-# batch 64, three warm-up epochs) makes too few updates in a few CPU minutes, so the built-in set trains with
-# AdamW, no accumulation and a short warm-up instead, from images cached in RAM (decoding is a large share of
-# the CPU time at these sizes). Its learning rate lies between the two best of a sweep and is gentler on the
-# attention backbones than the best one alone (README).
-RECIPES = {
-    "shapes": dict(img=256, batch=16, epochs=5, optimizer="AdamW", lr=2e-3, nominal_batch=16,
-                   warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
-    "yolov5": dict(img=640, batch=16, epochs=100, optimizer="SGD", lr=0.01, nominal_batch=64,
-                   warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False),
-}
-RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's images are 320 px
-# On the built-in `shapes` set the schedule depends on the backbone: as many epochs as its default variant
-# trains in about 9 minutes on the 2-core development CPU. Learning is slow for the first few epochs, so the
-# depthwise-heavy backbones, slow at 256 px, train on smaller images, where they run much faster and get the
-# epochs they need; RepViT gains more from more epochs than from larger images. README has the measured
-# speeds, times and mAP behind each row.
-SHAPES_PER_BACKBONE = {
-    "cspdarknet": dict(epochs=8),
-    "efficientvit": dict(epochs=6),
-    "mobilevit": dict(epochs=6, img=192),
-    "mobilenetv3": dict(epochs=6, img=192),
-    "emo": dict(epochs=5, img=192),
-    "repvit": dict(epochs=6, img=160),
-}
-WARMUP_EPOCHS = 3          # YOLOv5: max(3 epochs, 100 iterations) unless the recipe says otherwise
-GRAD_CLIP_NORM = 10.0
-
-
-def recipe_default(key):
-    """'default: shapes 160-256 by backbone, shapes-hard 320, others 640': a flag's default from the recipes."""
-    by_backbone = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()})
-    values = {"shapes": by_backbone[0] if len(by_backbone) == 1 else f"{by_backbone[0]}-{by_backbone[-1]} by backbone",
-              "shapes-hard": RECIPES["shapes-hard"][key], "others": RECIPES["yolov5"][key]}
-    if len({str(v) for v in values.values()}) == 1:
-        return f"default: {values['others']}"
-    return "default: " + ", ".join(f"{name} {value}" for name, value in values.items())
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a lightdet detector.", formatter_class=HelpFormatter)
@@ -92,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--scale", default="n", choices=SCALES, help="neck (and CSPDarknet) size")
     p.add_argument("--neck-block", default="c3", choices=list(NECK_BLOCKS), help="the neck's CSP block")
     p.add_argument("--neck-attention", choices=list(NECK_ATTENTIONS), help="a block after each neck output")
+    p.add_argument("--head", default="anchor", choices=HEADS,
+                   help="anchor: YOLOv5's PAN neck and anchor head; rtdetr: RT-DETR's encoder and decoder")
     p.add_argument("--data", default="shapes", help="shapes | shapes-hard | YOLO folder | .txt list | COCO json")
     p.add_argument("--names", help="class names file (one per line) if the dataset has none")
     p.add_argument("--img", type=image_size, help=f"training and validation size ({recipe_default('img')})")
@@ -139,15 +104,12 @@ def parse_args(argv=None):
 
 
 def resolve_args(args, log=print):
-    """Fill unset flags from the dataset's recipe; round the image size up to a multiple of 32."""
+    """Fill unset flags from the recipe (lightdet/recipes.py); round the image size up to a multiple of 32."""
     if args.backbone not in BACKBONES:
         raise SystemExit(f"error: unknown backbone {args.backbone!r}; valid names: {', '.join(BACKBONES)}")
-    recipe = dict(RECIPES.get(args.data, RECIPES["yolov5"]))
     if args.noval:
         args.val_every = 0
-    if args.data == "shapes":
-        recipe.update(SHAPES_PER_BACKBONE.get(args.backbone.split("_")[0], {}))
-    for key, value in recipe.items():
+    for key, value in recipe_for(args.data, args.backbone, args.head).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.img = round_image_size(args.img, log=log)
@@ -181,8 +143,9 @@ def seed_everything(seed):
 
 def build_detector(args, num_classes, log):
     """The detector, from --weights or --pretrained-backbone when given (not when resuming: last.pt has it all)."""
-    model = build_model(args.backbone, num_classes=num_classes, scale=args.scale, neck_block=args.neck_block,
-                        neck_attention=args.neck_attention)
+    model = build_model(args.backbone, num_classes=num_classes, scale=args.scale, head=args.head,
+                        **({} if args.head == "rtdetr" else dict(neck_block=args.neck_block,
+                                                                 neck_attention=args.neck_attention)))
     if args.resume:
         return model
     if args.weights:
@@ -198,7 +161,9 @@ def wrap(model, rank, device):
     if rank < 0:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # RT-DETR's denoising embedding gets no gradient from a batch without boxes
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                     find_unused_parameters=model.config["head"] == "rtdetr")
 
 
 def resize_batch(images, size, stride=32):
@@ -206,6 +171,11 @@ def resize_batch(images, size, stride=32):
     factor = size / max(images.shape[2:])
     shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
     return F.interpolate(images, size=shape, mode="bilinear", align_corners=False) if factor != 1 else images
+
+
+def describe(names, items):
+    """'box 0.0512 obj 0.0301 cls 0.022': a loss's items by the names its criterion gives them."""
+    return " ".join(f"{name} {float(value):.4g}" for name, value in zip(names, items))
 
 
 def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr):
@@ -216,7 +186,8 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
     cuda, world = device.type == "cuda", dist.get_world_size() if dist.is_initialized() else 1
     iterations = len(loader)
     net.train()
-    mean_items = torch.zeros(3, device=device)
+    mean_items = torch.zeros(len(criterion.ITEM_NAMES), device=device)
+    clip = HEAD_RECIPES[args.head]["grad_clip_norm"]
     bar = tqdm(loader, total=iterations, disable=ema is None, ncols=110, bar_format="{l_bar}{bar:10}{r_bar}")
     for i, (images, targets, _, _) in enumerate(bar):
         step = i + iterations * epoch
@@ -225,14 +196,15 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
         if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
             images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
         with torch.autocast("cuda", enabled=cuda):
-            loss, items = criterion(net(images), targets.to(device))
+            targets = targets.to(device)
+            loss, items = criterion(net(images, targets), targets)   # RT-DETR's denoising reads the targets
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: box {items[0]:.4g}, "
-                                     f"obj {items[1]:.4g}, cls {items[2]:.4g}; try a lower --lr or check the labels")
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: "
+                                     f"{describe(criterion.ITEM_NAMES, items)}; try a lower --lr or check the labels")
         scaler.scale(loss * world).backward()   # DDP averages gradients over processes
         if (step + 1) % accumulate == 0 or i == iterations - 1:   # no gradient is carried into the next epoch
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP_NORM)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -240,9 +212,9 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
                 ema.update(net)
         mean_items = (mean_items * i + items.detach()) / (i + 1)
         memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
-        bar.set_description(f"{epoch + 1}/{args.epochs} {memory} box {mean_items[0]:.4f} obj {mean_items[1]:.4f} "
-                            f"cls {mean_items[2]:.4f} targets {len(targets)} img {images.shape[-1]}")
-    return mean_items.tolist()
+        bar.set_description(f"{epoch + 1}/{args.epochs} {memory} {describe(criterion.ITEM_NAMES, mean_items)} "
+                            f"targets {len(targets)} img {images.shape[-1]}")
+    return dict(zip(criterion.ITEM_NAMES, mean_items.tolist()))
 
 
 def train(args):
@@ -264,8 +236,10 @@ def train(args):
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         iterations = len(data.train_loader)
         warmup = args.warmup_iters if args.warmup_iters is not None else max(round(WARMUP_EPOCHS * iterations), 100)
+        head = HEAD_RECIPES[args.head]
         adjust_lr = partial(set_learning_rate, optimizer, total=args.epochs * iterations, warmup=warmup,
-                            schedule=args.schedule, final=0.01, warmup_bias_lr=0.1 if args.optimizer == "SGD" else 0.0)
+                            schedule=args.schedule, final=head["final_lr_scale"], momentum=head["momentum"],
+                            warmup_bias_lr=0.1 if args.optimizer == "SGD" else 0.0)
         accumulate = max(round(args.nominal_batch / args.batch), 1)
         first, net, metrics = progress["epoch"] + 1, model, None
         for epoch in range(first, args.epochs):
@@ -333,9 +307,14 @@ def build_training(args, names, device, checkpoint, log):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     accumulate = max(round(args.nominal_batch / args.batch), 1)
     weight_decay = 5e-4 * args.batch * accumulate / args.nominal_batch
-    optimizer = build_optimizer(model, args.optimizer, args.lr, weight_decay=weight_decay)
-    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, len(names), box_loss=args.box_loss,
-                         imgsz=args.img, hyp={"label_smoothing": args.label_smoothing}).to(device)
+    head = HEAD_RECIPES[args.head]
+    optimizer = build_optimizer(model, args.optimizer, args.lr, head["momentum"], weight_decay,
+                                backbone_lr_scale=head["backbone_lr_scale"])
+    if args.head == "rtdetr":
+        criterion = RTDETRLoss(len(names))
+    else:
+        criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, len(names), box_loss=args.box_loss,
+                             imgsz=args.img, hyp={"label_smoothing": args.label_smoothing}).to(device)
     ema = ModelEMA(model) if not dist.is_initialized() or dist.get_rank() == 0 else None
     # saved with the weights, so that last.pt is the whole truth about the run
     progress = {"epoch": -1, "best_fitness": 0.0, "best_epoch": -1, "results": []}
@@ -367,7 +346,7 @@ def start_run(args, data, model, ema, optimizer, criterion, progress, log):
         data.train_set.mosaic = not args.rect and args.epochs > args.close_mosaic
         images, targets, _, _ = next(iter(data.train_loader))
         plot_batch(images, targets, data.names, run_dir / "train_batch0.jpg")
-    log(f"{args.backbone} scale {args.scale}: {sum(p.numel() for p in model.parameters()):,} parameters; "
+    log(f"{architecture(model.config)}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{len(data.train_set)} training images at {args.img}, batch {args.batch}, {args.optimizer} lr {args.lr}, "
         f"{args.epochs} epochs; logging to {run_dir}")
     return run_dir

@@ -93,7 +93,9 @@ def strip_checkpoint(checkpoint):
 
 
 def architecture(config):
-    """'cspdarknet scale n' from a build config."""
+    """'cspdarknet scale n' (or 'mobilenetv3_small with the rtdetr head') from a build config."""
+    if config.get("head", "anchor") != "anchor":
+        return f"{config.get('backbone')} with the {config['head']} head"
     return f"{config.get('backbone')} scale {config.get('scale')}"
 
 
@@ -104,10 +106,11 @@ def load_weights(model, checkpoint, path, log=print):
     tensor names or shapes (another backbone or scale) raises one ValueError naming both architectures."""
     state = checkpoint.get("ema") or checkpoint["model"]
     num_classes = model.config.get("num_classes")
+    per_class = tuple(f"head.{prefix}" for prefix in model.head.CLASS_DEPENDENT)
     if checkpoint["config"].get("num_classes") != num_classes:
-        state = {k: v for k, v in state.items() if not k.startswith("head.pred.")}
+        state = {k: v for k, v in state.items() if not k.startswith(per_class)}
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("head.pred.")]
+    missing = [k for k in own if k not in state and not k.startswith(per_class)]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or reshaped:
@@ -120,5 +123,5 @@ def load_weights(model, checkpoint, path, log=print):
     model.load_state_dict(state, strict=False)
     if checkpoint["config"].get("num_classes") != num_classes:
         log(f"{path} has {checkpoint['config'].get('num_classes')} classes, the data {num_classes}: "
-            "the head's prediction layers are re-initialised")
+            "the head's class-dependent layers are re-initialised")
     log(f"loaded {path}")

@@ -97,9 +97,11 @@ def _axes(draw, box, x_range, y_range, title="", x_label="", y_label="", integer
     return to_pixels
 
 
-def plot_results(rows, path, panels=("box_loss", "obj_loss", "cls_loss", "lr", "P", "R", "mAP50", "mAP50-95")):
-    """results.png: one chart per column of `rows` (dicts per epoch, as in results.csv) against the epoch.
-    Columns left empty (epochs without validation) are skipped; a single epoch shows as a point."""
+def plot_results(rows, path):
+    """results.png: one chart per column of `rows` (dicts per epoch, as in results.csv) against the epoch: the
+    losses (whatever the criterion names them), the LR and the metrics. Columns left empty (epochs without
+    validation) are skipped; a single epoch shows as a point."""
+    panels = [name for name in rows[0] if name != "epoch"]
     panel_w, panel_h, columns = 300, 230, 4
     image = Image.new("RGB", (panel_w * columns, panel_h * math.ceil(len(panels) / columns)), "white")
     draw = ImageDraw.Draw(image)

@@ -51,8 +51,9 @@ def save_epoch(run_dir, state, best, save_period=0):
 
 
 def results_row(epoch, losses, lr, metrics):
-    """One row of results.csv: epoch (from 1), the mean training losses, the LR, and the metrics if validated."""
-    row = {"epoch": epoch + 1, "box_loss": losses[0], "obj_loss": losses[1], "cls_loss": losses[2], "lr": lr,
+    """One row of results.csv: epoch (from 1), the mean training losses ({name: value}, the criterion's item
+    names), the LR, and the metrics if validated."""
+    row = {"epoch": epoch + 1, **{f"{name}_loss": value for name, value in losses.items()}, "lr": lr,
            "P": "", "R": "", "mAP50": "", "mAP50-95": ""}
     if metrics:
         row.update(P=metrics["P"], R=metrics["R"], mAP50=metrics["mAP50"], **{"mAP50-95": metrics["mAP50_95"]})

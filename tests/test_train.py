@@ -33,9 +33,11 @@ def run_train(data, project, *extra):
                                          "--workers", "0", "--project", str(project), *extra]))
 
 
-@pytest.mark.parametrize("family", list(DEFAULT_VARIANT))
-def test_train_eval_predict_every_family(family, tiny_shapes, tmp_path, capsys):
-    model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--backbone", family)
+# every family with the anchor head, and the RT-DETR head on the backbone of its article
+@pytest.mark.parametrize("family, head", [(family, "anchor") for family in DEFAULT_VARIANT]
+                         + [("mobilenetv3_small", "rtdetr")])
+def test_train_eval_predict_every_family(family, head, tiny_shapes, tmp_path, capsys):
+    model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--backbone", family, "--head", head)
     weights = run_dir / "weights"
     assert (weights / "last.pt").is_file() and (weights / "best.pt").is_file()
     assert (run_dir / "results.csv").read_text().count("\n") == 2
@@ -43,7 +45,8 @@ def test_train_eval_predict_every_family(family, tiny_shapes, tmp_path, capsys):
         assert (run_dir / picture).is_file(), picture
     assert set(metrics) >= {"P", "R", "mAP50", "mAP50_95", "per_class"}
     checkpoint = torch.load(weights / "best.pt", weights_only=True)   # plain types only
-    assert checkpoint["config"]["backbone"] == family and checkpoint["epoch"] == 0
+    assert checkpoint["config"]["backbone"] == family and checkpoint["config"]["head"] == head
+    assert checkpoint["epoch"] == 0
     assert checkpoint["stripped"] and "optimizer" not in checkpoint and "ema" not in checkpoint   # EMA as model
 
     evaluated = eval_script.main(["--weights", str(weights / "best.pt"), "--workers", "0",

@@ -28,6 +28,8 @@ class AnchorHead(nn.Module):
     by sigmoided objectness and class scores, N = na · Σ h·w.
     """
 
+    CLASS_DEPENDENT = ("pred.",)   # parameters whose shape follows the class count
+
     def __init__(self, num_classes, in_channels, anchors=DEFAULT_ANCHORS, strides=(8, 16, 32)):
         super().__init__()
         anchors = torch.tensor(anchors, dtype=torch.float32)

@@ -182,6 +182,9 @@ class RTDETRHead(nn.Module):
     predictions (B, k, 4 + nc): cx, cy, w, h in input pixels, then class probabilities.
     """
 
+    # parameters whose shape follows the class count
+    CLASS_DEPENDENT = ("enc_score_head.", "dec_score_head.", "denoising_class_embed.")
+
     def __init__(self, num_classes, in_channels, hidden=256, num_queries=300, num_layers=6, heads=8, points=4,
                  ffn_dim=1024, num_denoising=100, label_noise=0.5, box_noise=1.0, strides=(8, 16, 32)):
         super().__init__()
@@ -297,9 +300,9 @@ class RTDETRHead(nn.Module):
         """
         if isinstance(predictions, (list, tuple)):
             predictions = predictions[0]
-        boxes, scores, classes = top_scores(predictions[..., :4], predictions[..., 4:], max_det)
-        detections = torch.cat((cxcywh_to_xyxy(boxes), scores[..., None], classes[..., None].to(boxes.dtype)), -1)
+        boxes, scores, labels = top_scores(predictions[..., :4], predictions[..., 4:], max_det)
+        detections = torch.cat((cxcywh_to_xyxy(boxes), scores[..., None], labels[..., None].to(boxes.dtype)), -1)
         keep = detections[..., 4] > conf_thres
         if classes is not None:
-            keep &= torch.isin(detections[..., 5], detections.new_tensor(classes))
+            keep &= torch.isin(labels, torch.as_tensor(classes, device=labels.device))
         return [image[mask] for image, mask in zip(detections, keep)]

@@ -90,6 +90,8 @@ class YOLOLoss(nn.Module):
     only in training mode: call `.train()` / `.eval()` on the loss as on the model, and save its state_dict.
     """
 
+    ITEM_NAMES = ("box", "obj", "cls")
+
     def __init__(self, anchors, strides, num_classes, box_loss="ciou", imgsz=640, hyp=None):
         super().__init__()
         if box_loss not in BOX_LOSSES:
