@@ -10,16 +10,15 @@ from pathlib import Path
 
 import torch
 
-from lightdet.checkpoint import load_checkpoint
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table
-from lightdet.model import Detector
+from lightdet.runtime import load_detector
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a lightdet checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True, help="a lightdet checkpoint (last.pt / best.pt)")
+    p.add_argument("--weights", required=True, help="a lightdet checkpoint (last.pt / best.pt) or an exported .onnx")
     p.add_argument("--data", help="dataset (default: the one the checkpoint trained on)")
     p.add_argument("--names", help="class names file, if the dataset has none")
     p.add_argument("--split", default="val")
@@ -38,20 +37,20 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # the dataset scan's summary
     args = parse_args(argv)
     try:
-        checkpoint = load_checkpoint(args.weights)
-        trained = checkpoint.get("args") or {}
+        model, record = load_detector(args.weights)   # a .onnx file runs in ONNX Runtime
+        trained = record["args"]
         data = args.data or trained.get("data")
         if data is None:
             raise ValueError(f"{args.weights} does not record its dataset: pass --data")
         img = args.img or trained.get("img", 640)
-        weights = "ema" if checkpoint.get("ema") else "model"
-        model = Detector.from_checkpoint(checkpoint, weights=weights).to(args.device)
+        weights = record["weights"]
+        model = model.to(args.device)
         spec = resolve_data(data, names_file=args.names)
-        if len(spec.names) != model.head.num_classes:
-            raise ValueError(f"{args.weights} predicts {model.head.num_classes} classes but {data} has "
+        if len(spec.names) != len(model.names):
+            raise ValueError(f"{args.weights} predicts {len(model.names)} classes but {data} has "
                              f"{len(spec.names)}")
         dataset = build_dataset(spec, args.split, img, augment=False, rect=args.rect, batch_size=args.batch)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     loader = build_dataloader(dataset, args.batch, args.workers)
     print(f"weights {args.weights} ({'EMA' if weights == 'ema' else 'raw'} weights), data {data} "

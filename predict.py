@@ -19,16 +19,15 @@ from lightdet.boxes import scale_boxes
 from lightdet.data.augment import letterbox_layout, render
 from lightdet.data.images import read_image
 from lightdet.data.sources import list_images
-from lightdet.checkpoint import load_checkpoint
-from lightdet.model import Detector
 from lightdet.nms import non_max_suppression
 from lightdet.plots import draw_detections
+from lightdet.runtime import load_detector
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Run a lightdet detector on images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True, help="a lightdet checkpoint or an exported .onnx (ONNX Runtime)")
     p.add_argument("--source", required=True, help="an image file or a folder of images")
     p.add_argument("--img", type=int, help="inference size (default: the training size)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
@@ -55,14 +54,13 @@ def main(argv=None):
     args = parse_args(argv)
     source = Path(args.source)
     try:
-        checkpoint = load_checkpoint(args.weights)
-        model = Detector.from_checkpoint(checkpoint)
+        model, record = load_detector(args.weights)
         paths = [source] if source.is_file() else list_images(source) if source.is_dir() else None
         if not paths:
             raise FileNotFoundError(f"--source {source}: no image file or folder of images there")
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    size = args.img or checkpoint.get("args", {}).get("img", 640)
+    size = args.img or record["args"].get("img", 640)
     model = (model if args.no_fuse else model.fuse()).to(args.device, memory_format=torch.channels_last).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

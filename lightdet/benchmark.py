@@ -6,17 +6,21 @@
 Latency is the median of `--runs` timed forward passes at batch 1 after `--warmup` untimed ones, in eval mode
 under `torch.inference_mode`, unfused and after `fuse()`; CUDA latency is added when a GPU is present. Model
 and input are channels-last, the layout oneDNN and cuDNN convolve fastest (1.1-1.4× here on the CPU).
+With the `export` extra installed, the fused model is also exported to ONNX and timed in ONNX Runtime on the
+CPU with the same number of threads (`ort_cpu_ms`).
 """
 import argparse
 import csv
+import importlib.util
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from .backbones import BACKBONES
-from .model import build_model, model_info
+from .model import Detector, build_model, model_info
 
 
 def variant_names():
@@ -50,7 +54,27 @@ def measure(name, part, imgsz, runs, warmup):
         module.cpu()
     model.fuse()
     row["cpu_fused_ms"] = median_latency_ms(module, images, runs, warmup)
+    if onnxruntime_installed():
+        row["ort_cpu_ms"] = onnxruntime_latency_ms(module, images, runs, warmup)
     return row
+
+
+def onnxruntime_installed():
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+
+
+def onnxruntime_latency_ms(module, images, runs, warmup):
+    """`module` (fused, eval) exported as export.py exports it, timed in ONNX Runtime on the CPU with torch's
+    number of threads. A detector is exported with its decoded output only, as export.py writes it."""
+    from .export import ExportView, export_module   # the export extra, imported only when installed
+    from .runtime import ort_session
+    module = ExportView(module) if isinstance(module, Detector) else module
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_module(module, images.cpu(), path)
+        session = ort_session(path, threads=torch.get_num_threads())
+    feed = {"images": images.cpu().numpy()}
+    return median_latency_ms(lambda _: session.run(None, feed), images.cpu(), runs, warmup)
 
 
 def markdown(rows):

@@ -6,6 +6,7 @@ projection. Attention (stages 3–4 only) mixes the *normalised input* inside wi
 runs on its output, so attention costs C, not 4C, channels. The windows are a strided grid, not Swin's
 contiguous tiles: window (a, b) holds the pixels (i·n1 + a, j·n2 + b), so every window spans the whole map.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +85,7 @@ def to_windows(x, num_heads, window_size):
 def from_windows(x, height, width):
     """Inverse of `to_windows`: [B·n1·n2, heads, ws·ws, d] -> [B, heads·d, H, W], laid out channels-last."""
     windows, num_heads, tokens, head_dim = x.shape
-    ws = round(tokens ** 0.5)
+    ws = math.isqrt(tokens)   # not tokens ** 0.5: under an ONNX trace sizes are tensors, which round() refuses
     n1, n2 = height // ws, width // ws
     x = x.view(-1, n1, n2, num_heads, ws, ws, head_dim).permute(0, 4, 1, 5, 2, 3, 6)
     return x.reshape(-1, height, width, num_heads * head_dim).permute(0, 3, 1, 2)
