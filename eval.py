@@ -11,17 +11,17 @@ import json
 import logging
 from pathlib import Path
 
-from lightdet.checkpoint import load_checkpoint
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, non_negative_int, positive_int,
                           round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table, merge_classes
-from lightdet.model import Detector
+from lightdet.runtime import load_detector
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a lightdet checkpoint.", formatter_class=HelpFormatter)
-    p.add_argument("--weights", required=True, help="a lightdet checkpoint (last.pt / best.pt)")
+    p.add_argument("--weights", required=True,
+                   help="a lightdet checkpoint (last.pt / best.pt) or an exported .onnx (ONNX Runtime)")
     p.add_argument("--data", help="dataset (default: the one the checkpoint trained on)")
     p.add_argument("--names", help="class names file, if the dataset has none")
     p.add_argument("--split", default="val", choices=("train", "val"), help="which split of --data to score")
@@ -44,24 +44,24 @@ def main(argv=None):
     args = parse_args(argv)
     device = select_device(args.device)
     try:
-        checkpoint = load_checkpoint(args.weights)
-        trained = checkpoint.get("args") or {}
+        model, record = load_detector(args.weights)   # a .onnx file runs in ONNX Runtime
+        trained = record["args"]
         data = args.data or trained.get("data")
         if data is None:
             raise ValueError(f"{args.weights} does not record its dataset: pass --data")
         img = round_image_size(args.img or trained.get("img", 640))
-        ema = bool(checkpoint.get("ema")) or checkpoint.get("stripped", False)
-        model = Detector.from_checkpoint(checkpoint).to(device)
+        ema = record["weights"] == "ema"
+        model = model.to(device)
         spec = resolve_data(data, names_file=args.names)
         single_cls = trained.get("single_cls", False)   # trained with --single-cls: every class is one
-        if len(spec.names) != model.head.num_classes and not single_cls:
-            raise ValueError(f"{args.weights} predicts {model.head.num_classes} classes but {data} has "
+        if len(spec.names) != len(model.names) and not single_cls:
+            raise ValueError(f"{args.weights} predicts {len(model.names)} classes but {data} has "
                              f"{len(spec.names)}")
         dataset = build_dataset(spec, args.split, img, augment=False, rect=args.rect, batch_size=args.batch,
                                 fraction=args.fraction)
         if single_cls:
             merge_classes(dataset)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     loader = build_dataloader(dataset, args.batch, args.workers)
     print(f"weights {args.weights} ({'EMA' if ema else 'raw'} weights), data {data} [{args.split}], "

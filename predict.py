@@ -22,14 +22,13 @@ import numpy as np
 import torch
 
 from lightdet.boxes import scale_boxes
-from lightdet.checkpoint import load_checkpoint
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, image_size, increment_path, non_negative_int,
                           positive_int, select_device, unit_interval)
 from lightdet.data.augment import letterbox_layout, render
 from lightdet.data.images import check_image, read_image
 from lightdet.data.sources import list_images
-from lightdet.model import Detector
 from lightdet.plots import draw_detections
+from lightdet.runtime import load_detector
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 STREAMS = ("http://", "https://", "rtsp://", "rtmp://")
@@ -37,7 +36,8 @@ STREAMS = ("http://", "https://", "rtsp://", "rtmp://")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Run a lightdet detector on images.", formatter_class=HelpFormatter)
-    p.add_argument("--weights", required=True, help="a lightdet checkpoint (best.pt / last.pt)")
+    p.add_argument("--weights", required=True,
+                   help="a lightdet checkpoint (best.pt / last.pt) or an exported .onnx (ONNX Runtime)")
     p.add_argument("--source", required=True, help="an image file or a folder of images (searched recursively)")
     p.add_argument("--img", type=image_size, help="inference size, long side (default: the training size)")
     p.add_argument("--conf", type=unit_interval, default=0.25, help="confidence threshold")
@@ -101,15 +101,14 @@ def main(argv=None):
     device = select_device(args.device)
     paths = find_images(args.source)
     try:
-        checkpoint = load_checkpoint(args.weights)
-        model = Detector.from_checkpoint(checkpoint)
-    except (FileNotFoundError, ValueError) as error:
+        model, record = load_detector(args.weights)
+    except (FileNotFoundError, ImportError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     names = model.names
     wrong = [c for c in args.classes or [] if c >= len(names)]
     if wrong:
         raise SystemExit(f"error: --classes {wrong[0]}: the model has {len(names)} classes (0..{len(names) - 1})")
-    size = args.img or checkpoint.get("args", {}).get("img", 640)
+    size = args.img or record["args"].get("img", 640)
     model = (model if args.no_fuse else model.fuse()).to(device, memory_format=torch.channels_last).eval()
     out = Path(args.out) if args.out else increment_path(args.project, args.name, args.exist_ok)
     done, skipped, seconds = 0, 0, np.zeros(3)

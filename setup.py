@@ -9,5 +9,6 @@ setup(
     packages=find_packages(include=["lightdet", "lightdet.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.1", "numpy>=1.23", "pillow>=9.0", "pycocotools>=2.0.6", "tqdm>=4.64"],
-    extras_require={"test": ["pytest>=7"]},
+    # export.py, and --weights model.onnx in eval.py / predict.py; tested with onnx 1.23.2, onnxruntime 1.32.0
+    extras_require={"test": ["pytest>=7"], "export": ["onnx>=1.23", "onnxruntime>=1.32"]},
 )

@@ -8,11 +8,15 @@
 Latency is the median of `--runs` timed forward passes at batch 1 after `--warmup` untimed ones, in eval mode
 under `torch.inference_mode`, unfused and after `fuse()`; CUDA latency is added when a GPU is present. Model
 and input are channels-last, the layout oneDNN and cuDNN convolve fastest (README has the gain measured here).
-The table is printed as Markdown, and written as CSV only where --csv says.
+With the `export` extra installed, the fused model is also exported to ONNX and timed in ONNX Runtime on the
+CPU with the same number of threads (`ort_cpu_ms`). The table is printed as Markdown, and written as CSV only
+where --csv says.
 """
 import argparse
 import csv
+import importlib.util
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +25,17 @@ import torch
 from .backbones import BACKBONES, VARIANTS
 from .cli import HelpFormatter, image_size, non_negative_int, positive_int, round_image_size
 from .layers import SCALES
-from .model import build_model, model_info
+from .model import HEADS, Detector, build_model, model_info
 from .necks import NECK_OPTIONS
 
 
-def models(names, scale, necks):
-    """(label, build_model kwargs) of each row: every name, with every neck option when `necks` is set."""
+def models(names, scale, necks, head="anchor"):
+    """(label, build_model kwargs) of each row: every name, with every neck option when `necks` is set, or with
+    RT-DETR's encoder and decoder for `head="rtdetr"`."""
     for name in names:
+        if head == "rtdetr":
+            yield f"{name} + RT-DETR", dict(backbone=name, head=head)
+            continue
         for block, attention in NECK_OPTIONS if necks else NECK_OPTIONS[:1]:
             label = name + (f", scale {scale}" if scale != "n" else "")
             if necks:
@@ -61,7 +69,27 @@ def measure(label, build_kwargs, part, imgsz, runs, warmup):
         module.cpu()
     model.fuse()
     row["cpu_fused_ms"] = median_latency_ms(module, images, runs, warmup)
+    if onnxruntime_installed():
+        row["ort_cpu_ms"] = onnxruntime_latency_ms(module, images, runs, warmup)
     return row
+
+
+def onnxruntime_installed():
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+
+
+def onnxruntime_latency_ms(module, images, runs, warmup):
+    """`module` (fused, eval) exported as export.py exports it, timed in ONNX Runtime on the CPU with torch's
+    number of threads. A detector is exported with its decoded output only, as export.py writes it."""
+    from .export import ExportView, export_module   # the export extra, imported only when installed
+    from .runtime import ort_session
+    module = ExportView(module) if isinstance(module, Detector) else module
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        export_module(module, images.cpu(), path)
+        session = ort_session(path, threads=torch.get_num_threads())
+    feed = {"images": images.cpu().numpy()}
+    return median_latency_ms(lambda _: session.run(None, feed), images.cpu(), runs, warmup)
 
 
 def markdown(rows):
@@ -80,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--scale", default="n", choices=list(SCALES),
                         help="neck size (and CSPDarknet's, for the name cspdarknet)")
     parser.add_argument("--necks", action="store_true", help="measure each name with every neck option")
+    parser.add_argument("--head", choices=HEADS, default="anchor", help="the detector's head (--part detector)")
     parser.add_argument("--img", type=image_size, default=640, help="square input size (a multiple of 32)")
     parser.add_argument("--runs", type=positive_int, default=10, help="timed forward passes (the median is kept)")
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed passes before timing")
@@ -92,11 +121,11 @@ def main(argv=None):
     unknown = [n for n in args.names if n not in BACKBONES]
     if unknown:
         parser.error(f"unknown backbone(s) {', '.join(unknown)}; valid names: {', '.join(sorted(BACKBONES))}")
-    if args.necks and args.part == "backbone":
-        parser.error("--necks compares whole detectors; drop --part backbone")
+    if args.necks and (args.part == "backbone" or args.head != "anchor"):
+        parser.error("--necks compares the anchor head's neck options; drop --part backbone and --head")
 
     rows = []
-    for label, build_kwargs in models(args.names or list(VARIANTS), args.scale, args.necks):
+    for label, build_kwargs in models(args.names or list(VARIANTS), args.scale, args.necks, args.head):
         rows.append(measure(label, build_kwargs, args.part, args.img, args.runs, args.warmup))
         print(f"{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1].items() if k != "model"), flush=True)
     print(f"\n{args.part}, {args.img}×{args.img}, batch 1, {torch.get_num_threads()} CPU threads, "

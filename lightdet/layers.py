@@ -7,6 +7,8 @@ neck option. `to_windows` / `from_windows` are EMO's window layout, shared by it
 YOLOv5's blocks keep YOLOv5's attribute names (`cv1`, `cv2`, `cv3`, `m`) so that official weights map onto
 them by layer index alone.
 """
+import math
+
 import torch
 from torch import nn
 
@@ -174,7 +176,7 @@ def to_windows(x, num_heads, window_size):
 def from_windows(x, height, width):
     """Inverse of `to_windows`: [B·n1·n2, heads, ws·ws, d] -> [B, heads·d, H, W], laid out channels-last."""
     windows, num_heads, tokens, head_dim = x.shape
-    ws = round(tokens ** 0.5)
+    ws = math.isqrt(tokens)   # not tokens ** 0.5: under an ONNX trace sizes are tensors, which round() refuses
     n1, n2 = height // ws, width // ws
     x = x.view(-1, n1, n2, num_heads, ws, ws, head_dim).permute(0, 4, 1, 5, 2, 3, 6)
     return x.reshape(-1, height, width, num_heads * head_dim).permute(0, 3, 1, 2)

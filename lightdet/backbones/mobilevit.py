@@ -158,8 +158,12 @@ class MobileViTBlock(nn.Module):
         B, _, H, W = y.shape
         # Patches must tile the map. Like the reference, a map of odd size (7×7 at stride 32 for a 224 input) is
         # resized up to the next multiple and back, rather than zero-padded: padding would need attention masks.
-        Hp, Wp = math.ceil(H / PATCH) * PATCH, math.ceil(W / PATCH) * PATCH
-        resize = (Hp, Wp) != (H, W)
+        # Rounded up to the patch grid in integer arithmetic that an ONNX trace keeps as graph ops (math.ceil
+        # would freeze the export size's value, and a negative floor division exports as truncation).
+        Hp, Wp = (H + PATCH - 1) // PATCH * PATCH, (W + PATCH - 1) // PATCH * PATCH
+        # A traced graph serves every input size, so it always resizes; the resize is the identity when the
+        # map tiles already (bilinear at scale 1 samples exactly the input pixels).
+        resize = torch.jit.is_tracing() or (Hp, Wp) != (H, W)
         if resize:
             y = F.interpolate(y, size=(Hp, Wp), mode="bilinear", align_corners=False)
         y = self.norm(self.transformer(unfold(y, PATCH)))          # (B·4, Hp·Wp/4, d)

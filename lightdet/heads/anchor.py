@@ -79,7 +79,8 @@ class AnchorHead(nn.Module):
         wh = (wh * 2) ** 2 * anchor
         return torch.cat((xy, wh, scores), -1).view(b, na * h * w, no)
 
-    def postprocess(self, predictions, conf_thres=0.25, iou_thres=0.45, max_det=300, classes=None, agnostic=False,
+    @staticmethod
+    def postprocess(predictions, conf_thres=0.25, iou_thres=0.45, max_det=300, classes=None, agnostic=False,
                     multi_label=False):
         """Detections from the eval-mode output, `(decoded, raw)` or `decoded`: YOLOv5's NMS
         (`lightdet.nms.non_max_suppression`). Returns one `Tensor[n, 6]` per image: x1, y1, x2, y2 (pixels),

@@ -288,7 +288,8 @@ class RTDETRHead(nn.Module):
             boxes, logits = [refined], [self.dec_score_head[-1](queries)]
         return torch.stack(boxes), torch.stack(logits)
 
-    def postprocess(self, predictions, conf_thres=0.25, iou_thres=None, max_det=300, classes=None, agnostic=None,
+    @staticmethod
+    def postprocess(predictions, conf_thres=0.25, iou_thres=None, max_det=300, classes=None, agnostic=None,
                     multi_label=None):
         """Detections from the eval-mode output: the `max_det` best (query, class) scores above `conf_thres`,
         of `classes` only when given.
