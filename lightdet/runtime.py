@@ -59,7 +59,11 @@ class OnnxDetector(nn.Module):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX file not found: {self.path}")
-        self.session = ort_session(self.path, threads)
+        require_onnx()
+        try:
+            self.session = ort_session(self.path, threads)
+        except Exception as error:   # ONNX Runtime's errors derive from Exception alone
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in ("names", "stride", "imgsz", "output", "args") if key not in meta]
         if missing:

@@ -149,6 +149,9 @@ def test_static_raw_and_refused_exports(export_extra, tmp_path, monkeypatch):
     assert [label for label, *_ in checks[0][1]] == ["raw map P3", "raw map P4", "raw map P5"]
     with pytest.raises(ValueError, match="--raw"):
         OnnxDetector(raw_path)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load it"):
+        OnnxDetector(tmp_path / "empty.onnx")
 
     monkeypatch.setitem(BACKBONES, "frozen", lambda: TinyBackbone(frozen=True))
     frozen = save(build_model("frozen", num_classes=len(NAMES)), tmp_path / "frozen.pt")
