@@ -18,6 +18,7 @@ from lightdet.backbones import BACKBONES
 from lightdet.checkpoint import save_checkpoint
 from lightdet.data.images import read_image
 from lightdet.model import build_model
+from lightdet.necks import NECK_OPTIONS
 from lightdet.runtime import INSTALL_HINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,25 @@ def test_every_backbone_exports_and_matches_pytorch(backbone, options, export_ex
     with torch.no_grad():
         expected, _ = model(images)   # the unfused model: fusion and export together
     assert_matches(detector(images)[0], expected)
+
+
+# Every neck option on YOLOv5n, and RT-DETR's head. RT-DETR's anchors and query count follow the input size
+# in Python, so its trace holds one size: it exports without --dynamic.
+@pytest.mark.parametrize("backbone, options", [("cspdarknet", dict(neck_block=block, neck_attention=attention))
+                                               for block, attention in NECK_OPTIONS[1:]]
+                         + [("mobilenetv3_small", dict(head="rtdetr"))], ids=str)
+def test_neck_options_and_rtdetr_export(backbone, options, export_extra, tmp_path):
+    from lightdet.export import export_onnx
+    from lightdet.runtime import OnnxDetector
+
+    model = randomize(build_model(backbone, num_classes=len(NAMES), **options)).eval()
+    dynamic = options.get("head") != "rtdetr"
+    path, checks = export_onnx(save(model, tmp_path / "best.pt"), 64, dynamic=dynamic)
+    assert all(diff <= tol for _, parts in checks for _, diff, tol in parts)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, _ = model(images)
+    assert_matches(OnnxDetector(path)(images)[0], expected)
 
 
 class TinyBackbone(nn.Module):
