@@ -212,13 +212,13 @@ def test_onnx_gives_the_checkpoints_map_and_detections(export_extra, tmp_path, c
 
     for name in ("pt", "onnx"):
         predict.main(["--weights", str(tmp_path / f"best.{name}"), "--source", str(images), "--out",
-                      str(tmp_path / name), "--img", "64"])
-    files = sorted(p.name for p in (tmp_path / "pt").glob("*.json"))
-    assert len(files) == 16 and files == sorted(p.name for p in (tmp_path / "onnx").glob("*.json"))
+                      str(tmp_path / name), "--img", "64", "--save-json", "--nosave"])
+    files = sorted(p.name for p in (tmp_path / "pt" / "labels").glob("*.json"))
+    assert len(files) == 16 and files == sorted(p.name for p in (tmp_path / "onnx" / "labels").glob("*.json"))
     found = 0
     for file in files:
-        expected = json.loads((tmp_path / "pt" / file).read_text())
-        got = json.loads((tmp_path / "onnx" / file).read_text())
+        expected = json.loads((tmp_path / "pt" / "labels" / file).read_text())
+        got = json.loads((tmp_path / "onnx" / "labels" / file).read_text())
         assert len(got) == len(expected), file
         found += len(expected)
         for detection in expected:   # each has its twin (near-equal scores may come out in another order)
