@@ -144,8 +144,7 @@ def seed_everything(seed):
 def build_detector(args, num_classes, log):
     """The detector, from --weights or --pretrained-backbone when given (not when resuming: last.pt has it all)."""
     model = build_model(args.backbone, num_classes=num_classes, scale=args.scale, head=args.head,
-                        **({} if args.head == "rtdetr" else dict(neck_block=args.neck_block,
-                                                                 neck_attention=args.neck_attention)))
+                        neck_block=args.neck_block, neck_attention=args.neck_attention)
     if args.resume:
         return model
     if args.weights:
