@@ -17,11 +17,14 @@ initial state). Ctrl-C leaves it that way (a save in progress finishes first) an
 `--resume` repeats the interrupted epoch and ends with the same weights as an uninterrupted run.
 """
 import argparse
+import itertools
 import json
 import logging
 import math
 import os
 import random
+import time
+from copy import deepcopy
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,7 +49,8 @@ from lightdet.model import HEADS, build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
 from lightdet.plots import plot_batch, plot_labels
-from lightdet.recipes import HEAD_RECIPES, WARMUP_EPOCHS, recipe_default, recipe_for
+from lightdet.precision import default_amp, forward_loss, native_bf16
+from lightdet.recipes import HEAD_RECIPES, RECIPES, WARMUP_EPOCHS, recipe_default, recipe_for
 from lightdet.runs import find_last, finish, fitness, open_run_dir, results_row, save_epoch, write_results
 
 def parse_args(argv=None):
@@ -62,10 +66,17 @@ def parse_args(argv=None):
     p.add_argument("--img", type=image_size, help=f"training and validation size ({recipe_default('img')})")
     p.add_argument("--batch", type=positive_int, help=f"total batch, split across DDP processes "
                                                      f"({recipe_default('batch')})")
-    p.add_argument("--epochs", type=positive_int, help=f"epochs to train ({recipe_default('epochs')})")
+    p.add_argument("--epochs", type=positive_int, help="epochs to train; given, they win over --time (default: "
+                                                       f"fitted to --time on shapes, {RECIPES['yolov5']['epochs']} on others)")
+    p.add_argument("--time", type=positive_float, metavar="MINUTES",
+                   help="time budget: the epochs (and LR schedule) are fitted to it after measuring the training "
+                        f"speed on a few batches ({recipe_default('time')})")
     p.add_argument("--workers", type=non_negative_int,
                    help="dataloader processes (default: 4 with CUDA, a quarter of the cores on CPU)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="mixed precision: float16 on CUDA, bfloat16 on a CPU with native bf16 (default: on with "
+                        "CUDA; on CPU where the CPU has native bf16 and it speeds up the backbone, see README)")
     p.add_argument("--box-loss", default="ciou", choices=BOX_LOSSES, help="IoU loss of the box term")
     p.add_argument("--optimizer", choices=("SGD", "AdamW"), help=f"optimizer ({recipe_default('optimizer')})")
     p.add_argument("--lr", type=positive_float, help=f"initial learning rate ({recipe_default('lr')})")
@@ -109,9 +120,16 @@ def resolve_args(args, log=print):
         raise SystemExit(f"error: unknown backbone {args.backbone!r}; valid names: {', '.join(BACKBONES)}")
     if args.noval:
         args.val_every = 0
+    given_epochs, given_time = args.epochs, args.time
     for key, value in recipe_for(args.data, args.backbone, args.head).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if given_epochs is not None:   # epochs given win over a time budget, given or from the recipe
+        if given_time is not None:
+            log(f"--epochs {given_epochs} given: the --time {given_time:g} budget is not used")
+        args.time = None
+    elif given_time is not None:   # a budget given replaces the recipe's epochs
+        args.epochs = None
     args.img = round_image_size(args.img, log=log)
     return args
 
@@ -177,10 +195,11 @@ def describe(names, items):
     return " ".join(f"{name} {float(value):.4g}" for name, value in zip(names, items))
 
 
-def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr):
+def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr, label=None):
     """One pass over `loader` (torchvision's references/detection/engine.py): per iteration the LR of the
-    warm-up and decay, forward (AMP on CUDA) and the YOLOv5 loss, backward; an optimizer step with clipped
-    gradients and an EMA update every `accumulate` batches and after the last. Returns the mean [box, obj, cls]."""
+    warm-up and decay, forward (under autocast with --amp) and the loss in float32, backward; an optimizer step
+    with clipped gradients and an EMA update every `accumulate` batches and after the last. The progress bar
+    (shown with an EMA, on the main process) starts with `label`. Returns the loss items' means by name."""
     device = next(net.parameters()).device
     cuda, world = device.type == "cuda", dist.get_world_size() if dist.is_initialized() else 1
     iterations = len(loader)
@@ -194,9 +213,8 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
         if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
             images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
-        with torch.autocast("cuda", enabled=cuda):
-            targets = targets.to(device)
-            loss, items = criterion(net(images, targets), targets)   # RT-DETR's denoising reads the targets
+        targets = targets.to(device)
+        loss, items = forward_loss(net, criterion, images, targets, args.amp)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: "
                                      f"{describe(criterion.ITEM_NAMES, items)}; try a lower --lr or check the labels")
@@ -211,17 +229,23 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
                 ema.update(net)
         mean_items = (mean_items * i + items.detach()) / (i + 1)
         memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
-        bar.set_description(f"{epoch + 1}/{args.epochs} {memory} {describe(criterion.ITEM_NAMES, mean_items)} "
+        bar.set_description(f"{label or f'{epoch + 1}/{args.epochs}'} {memory} {describe(criterion.ITEM_NAMES, mean_items)} "
                             f"targets {len(targets)} img {images.shape[-1]}")
     return dict(zip(criterion.ITEM_NAMES, mean_items.tolist()))
 
 
 def train(args):
     """The outline: arguments, data, model and optimizer, the run folder, then the epochs."""
+    started = time.monotonic()   # a --time budget counts from here
     rank, world = int(os.environ.get("RANK", -1)), int(os.environ.get("WORLD_SIZE", 1))
     device, main_process = select_device(args.device), rank <= 0
     log = print if main_process else (lambda *a, **k: None)
     args, checkpoint = resume_args(args) if args.resume else (resolve_args(args, log), None)
+    if args.amp is None:
+        args.amp = default_amp(device, args.backbone, args.head)
+    elif args.amp and device.type == "cpu" and not native_bf16():
+        log("warning: --amp on a CPU without native bfloat16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
+            "it is emulated, usually several times slower than float32")
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -231,8 +255,10 @@ def train(args):
     try:
         data = build_data(args, device, rank, world)
         model, optimizer, criterion, ema, progress = build_training(args, data.names, device, checkpoint, log)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.amp)
+        if args.epochs is None:   # decided once, before the first checkpoint records it
+            args.epochs = fit_epochs_to_budget(args, data, model, optimizer, criterion, scaler, started, log)
         run_dir = start_run(args, data, model, ema, optimizer, criterion, progress, log) if main_process else None
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         iterations = len(data.train_loader)
         warmup = args.warmup_iters if args.warmup_iters is not None else max(round(WARMUP_EPOCHS * iterations), 100)
         head = HEAD_RECIPES[args.head]
@@ -259,8 +285,9 @@ def train(args):
                 break
         if main_process:
             finish(run_dir, metrics, data.names)
+            budget = f" (budget {args.time:g})" if args.time else ""
             log(f"\n{format_table(metrics) if metrics else 'all epochs were done: final checkpoints stripped'}\n"
-                f"weights: {run_dir / 'weights'}")
+                f"weights: {run_dir / 'weights'}; {(time.monotonic() - started) / 60:.1f} min{budget}")
         return model, metrics, run_dir
     except KeyboardInterrupt:
         last = run_dir / "weights" / "last.pt" if run_dir else None
@@ -270,6 +297,67 @@ def train(args):
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def fit_epochs_to_budget(args, data, model, optimizer, criterion, scaler, started, log, batches=12, warmup=3):
+    """--time: the most epochs whose training and validations fit in the minutes left of the budget. The speed
+    is measured on copies of the model, optimizer and loss (the run itself starts untouched), over `batches`
+    training batches after `warmup` untimed ones (the first iterations set up the kernels), including their
+    loading, and over one validation batch. Every process of a DDP run takes rank 0's decision."""
+    model, optimizer, criterion = deepcopy((model, optimizer, criterion))
+    data.train_set.mosaic = not args.rect   # as in the first epoch
+    begin = time.perf_counter()
+    loaded = list(itertools.islice(data.train_loader, batches))
+    load_seconds = time.perf_counter() - begin
+    ema = ModelEMA(model) if data.val_loader is not None else None   # the main process's work, and its bar
+    check = partial(train_one_epoch, model, criterion, optimizer, scaler, ema, epoch=0, args=args,
+                    accumulate=max(round(args.nominal_batch / args.batch), 1), adjust_lr=lambda step: None)
+    check(loader=loaded[:warmup], label="speed check")
+    begin = time.perf_counter()
+    check(loader=loaded, label="speed check")
+    iteration = (load_seconds + time.perf_counter() - begin) / len(loaded)
+    epoch = iteration * len(data.train_loader)
+    validation = validation_seconds(model, data.val_loader, args) if data.val_loader is not None else 0.0
+    left = args.time * 60 - (time.monotonic() - started)
+    epochs = max(epochs_within(left, epoch, validation, args.val_every), 1)
+    if dist.is_initialized():
+        decision = [epochs]
+        dist.broadcast_object_list(decision, src=0)
+        epochs = decision[0]
+    validations = validations_in(epochs, args.val_every)
+    log(f"time budget {args.time:g} min, {(args.time * 60 - left) / 60:.1f} spent on setup and the speed check: "
+        f"an epoch takes about {epoch / 60:.2f} min ({iteration:.3f} s × {len(data.train_loader)} iterations), "
+        f"a validation {validation / 60:.2f} min → {epochs} epoch{'s' * (epochs > 1)}, about "
+        f"{(epochs * epoch + validations * validation) / 60:.1f} min (--epochs {epochs} repeats this schedule)")
+    if epochs * epoch + validations * validation > left:
+        log(f"warning: even one epoch does not fit in --time {args.time:g}; training one")
+    return epochs
+
+
+@torch.inference_mode()
+def validation_seconds(model, val_loader, args):
+    """Seconds for one validation: the EMA model's forward and NMS on the first batch (after one untimed),
+    times the number of batches."""
+    model.eval()
+    images, *_ = next(iter(val_loader))
+    images = images.to(next(model.parameters()).device, memory_format=torch.channels_last).float() / 255
+    model.postprocess(model(images)[0].float(), 0.001, 0.6, 300, multi_label=True)
+    begin = time.perf_counter()
+    model.postprocess(model(images)[0].float(), 0.001, 0.6, 300, multi_label=True)
+    return (time.perf_counter() - begin) * len(val_loader)
+
+
+def validations_in(epochs, val_every):
+    """How many validations a run of `epochs` makes: every `val_every` epochs (0: none) and after the last."""
+    return (epochs - 1) // val_every + 1 if val_every else 1
+
+
+def epochs_within(seconds, epoch_seconds, validation_seconds, val_every):
+    """The most epochs whose training and validations take at most `seconds` (0 when not even one fits)."""
+    epochs = 0
+    while (epochs + 1) * epoch_seconds + validations_in(epochs + 1, val_every) * validation_seconds <= seconds:
+        epochs += 1
+    return epochs
 
 
 def build_data(args, device, rank, world):
@@ -365,7 +453,8 @@ def validate(model, val_loader, epoch, args, log):
     if epoch != args.epochs - 1 and not (args.val_every and (epoch + 1) % args.val_every == 0):
         return None
     device = next(model.parameters()).device
-    metrics = evaluate(model, val_loader, device=device, amp=device.type == "cuda", single_cls=args.single_cls)
+    metrics = evaluate(model, val_loader, device=device, amp=device.type == "cuda" and args.amp,
+                       single_cls=args.single_cls)
     log(f"epoch {epoch + 1}: P {metrics['P']:.3f} R {metrics['R']:.3f} mAP50 {metrics['mAP50']:.3f} "
         f"mAP50-95 {metrics['mAP50_95']:.3f}")
     return metrics

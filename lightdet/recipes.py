@@ -12,24 +12,23 @@ from .heads.rtdetr import RTDETR_RECIPE
 # the CPU time at these sizes). Its learning rate lies between the two best of a sweep and is gentler on the
 # attention backbones than the best one alone (README).
 RECIPES = {
-    "shapes": dict(img=256, batch=16, epochs=5, optimizer="AdamW", lr=2e-3, nominal_batch=16,
+    "shapes": dict(img=256, batch=16, epochs=None, time=10.0, optimizer="AdamW", lr=2e-3, nominal_batch=16,
                    warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
-    "yolov5": dict(img=640, batch=16, epochs=100, optimizer="SGD", lr=0.01, nominal_batch=64,
+    "yolov5": dict(img=640, batch=16, epochs=100, time=None, optimizer="SGD", lr=0.01, nominal_batch=64,
                    warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False),
 }
 RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's images are 320 px
-# On the built-in `shapes` set the schedule depends on the backbone: as many epochs as its default variant
-# trains in about 9 minutes on the 2-core development CPU. Learning is slow for the first few epochs, so the
+# On the built-in `shapes` set a run gets a time budget (`time`, minutes): train.py measures the training speed
+# at the start and fits its epochs and LR schedule into it. Learning is slow for the first few epochs, so the
 # depthwise-heavy backbones, slow at 256 px, train on smaller images, where they run much faster and get the
-# epochs they need; RepViT gains more from more epochs than from larger images. README has the measured
-# speeds, times and mAP behind each row.
+# epochs they need. README has the measured speeds, times and mAP behind each row.
 SHAPES_PER_BACKBONE = {
-    "cspdarknet": dict(epochs=8),
-    "efficientvit": dict(epochs=6),
-    "mobilevit": dict(epochs=6, img=192),
-    "mobilenetv3": dict(epochs=6, img=192),
-    "emo": dict(epochs=5, img=192),
-    "repvit": dict(epochs=6, img=160),
+    "cspdarknet": dict(),
+    "efficientvit": dict(),
+    "mobilevit": dict(img=192),
+    "mobilenetv3": dict(img=192),
+    "emo": dict(img=192),
+    "repvit": dict(img=160),
 }
 WARMUP_EPOCHS = 3          # YOLOv5: max(3 epochs, 100 iterations) unless the recipe says otherwise
 # What the head changes. RT-DETR trains with its own optimiser settings (heads/rtdetr.py: AdamW at 1e-4, the
@@ -46,9 +45,11 @@ HEAD_FLAG_DEFAULTS = {"anchor": {}, "rtdetr": {key: RTDETR_RECIPE[key] for key i
 
 def recipe_default(key):
     """'default: shapes 160-256 by backbone, shapes-hard 320, others 640': a flag's default from the recipes."""
-    by_backbone = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()})
+    by_backbone = sorted({row.get(key, RECIPES["shapes"][key]) for row in SHAPES_PER_BACKBONE.values()},
+                         key=lambda value: (value is not None, value))
     values = {"shapes": by_backbone[0] if len(by_backbone) == 1 else f"{by_backbone[0]}-{by_backbone[-1]} by backbone",
               "shapes-hard": RECIPES["shapes-hard"][key], "others": RECIPES["yolov5"][key]}
+    values = {name: "none" if value is None else value for name, value in values.items()}
     if len({str(v) for v in values.values()}) == 1:
         return f"default: {values['others']}"
     return "default: " + ", ".join(f"{name} {value}" for name, value in values.items())

@@ -229,3 +229,20 @@ def test_benchmark_rounds_the_size_and_writes_csv_only_when_asked(tmp_path, monk
     assert rows[0]["model"] == "cspdarknet_n" and not list(tmp_path.rglob("*.csv"))
     benchmark.main(["cspdarknet_n", "--img", "64", "--runs", "1", "--warmup", "0", "--csv", "out/b.csv"])
     assert (tmp_path / "out" / "b.csv").read_text().startswith("model,")
+
+
+def test_benchmark_measures_training_at_the_recipe_size_and_bf16_only_where_native(monkeypatch, capsys):
+    from lightdet import benchmark
+    assert benchmark.training_images_per_second({"backbone": "cspdarknet_n"}, 64, 2, True, runs=1, warmup=0) > 0
+    measured = []
+    monkeypatch.setattr(benchmark, "training_images_per_second",
+                        lambda kwargs, size, batch, amp, runs, warmup:
+                        measured.append((kwargs["backbone"], size, amp)) or 10.0 * (1 + amp))
+    monkeypatch.setattr(benchmark, "native_bf16", lambda: True)
+    rows = benchmark.main(["--part", "train", "repvit", "mobilevit_xxs"])
+    assert measured == [("repvit", 160, False), ("repvit", 160, True), ("mobilevit_xxs", 192, False),
+                        ("mobilevit_xxs", 192, True)]
+    assert rows[0]["bf16_speedup"] == 2.0 and "| repvit | 160 | 10.00 | 20.00 | 2.00 |" in capsys.readouterr().out
+    monkeypatch.setattr(benchmark, "native_bf16", lambda: False)
+    rows = benchmark.main(["--part", "train", "cspdarknet_n", "--img", "64"])
+    assert "no native bfloat16" in capsys.readouterr().out and set(rows[0]) == {"model", "img", "fp32_img_s"}

@@ -75,6 +75,30 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tiny_shapes, straight, tmp_path, monke
     resume_and_compare(tmp_path / "exp", straight)
 
 
+def test_a_time_budget_is_decided_once_recorded_and_resumed_exactly(tiny_shapes, straight, tmp_path, monkeypatch,
+                                                                    capsys):
+    decided, set_lr = [], train.set_learning_rate
+    monkeypatch.setattr(train, "epochs_within", lambda *args: decided.append(args) or 2)
+
+    def interrupt_in_epoch_2(optimizer, step, *rest, **kw):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return set_lr(optimizer, step, *rest, **kw)
+    monkeypatch.setattr(train, "set_learning_rate", interrupt_in_epoch_2)
+    budget = [flag for flag in run_args(tiny_shapes, tmp_path) if flag not in ("--epochs", "2")] + ["--time", "5"]
+    with pytest.raises(SystemExit):
+        train.main(budget)
+    seconds_left, epoch_seconds, validation_seconds, val_every = decided[0]
+    assert 0 < seconds_left < 300 and epoch_seconds > 0 and validation_seconds > 0 and val_every == 1
+    out = capsys.readouterr().out
+    assert "time budget 5 min" in out and "→ 2 epochs" in out and "--epochs 2 repeats this schedule" in out
+    last = load_checkpoint(tmp_path / "exp" / "weights" / "last.pt")
+    assert last["epoch"] == 0 and (last["args"]["epochs"], last["args"]["time"]) == (2, 5.0)
+    monkeypatch.setattr(train, "set_learning_rate", set_lr)
+    monkeypatch.setattr(train, "epochs_within", lambda *args: pytest.fail("a resumed run decided again"))
+    resume_and_compare(tmp_path / "exp", straight)   # the schedule of --epochs 2, to the last bit
+
+
 def test_ctrl_c_during_a_checkpoint_write(tiny_shapes, straight, tmp_path, monkeypatch, capsys):
     real_save, calls = torch.save, []
 

@@ -123,10 +123,32 @@ def test_fine_tuning_with_another_class_count_reinitialises_the_head(tiny_shapes
 
 def test_recipe_fills_only_the_flags_left_unset():
     shapes = train.resolve_args(train.parse_args(["--backbone", "repvit_m1_1", "--no-cache", "--lr", "0.01"]))
-    assert (shapes.epochs, shapes.img, shapes.optimizer, shapes.nominal_batch) == (6, 160, "AdamW", 16)
+    assert (shapes.epochs, shapes.img, shapes.optimizer, shapes.nominal_batch) == (None, 160, "AdamW", 16)
     assert (shapes.lr, shapes.cache) == (0.01, False)   # flags win over the recipe
+    assert shapes.time == train.recipe_for("shapes", "repvit", "anchor")["time"] > 0   # epochs fitted to it
     user = train.resolve_args(train.parse_args(["--data", "some/folder", "--epochs", "3"]))
     assert (user.epochs, user.img, user.optimizer, user.nominal_batch, user.cache) == (3, 640, "SGD", 64, False)
+    assert user.time is None
+
+
+@pytest.mark.parametrize("flags, epochs, time", [
+    (["--epochs", "4"], 4, None),                       # epochs win over the recipe's budget
+    (["--epochs", "4", "--time", "2"], 4, None),        # ... and over a budget given
+    (["--time", "2"], None, 2.0),
+    (["--data", "some/folder", "--time", "30"], None, 30.0),   # a budget replaces the recipe's 100 epochs
+])
+def test_epochs_or_a_time_budget(flags, epochs, time):
+    args = train.resolve_args(train.parse_args(flags), log=lambda *a: None)
+    assert (args.epochs, args.time) == (epochs, time)
+
+
+def test_epochs_within_a_budget():
+    # 100 s: epochs of 18 s; one validation of 6 s at the end, or after every epoch, or every second epoch
+    assert train.epochs_within(100, 18, 6, val_every=0) == 5      # 5 · 18 + 6 = 96
+    assert train.epochs_within(100, 18, 6, val_every=1) == 4      # 4 · 24 = 96; 5 · 24 = 120
+    assert train.epochs_within(100, 18, 6, val_every=2) == 4      # 5 · 18 + 3 · 6 = 108 > 100
+    assert train.epochs_within(23, 18, 6, val_every=0) == 0       # not even one
+    assert [train.validations_in(e, 2) for e in (1, 2, 3, 4)] == [1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("cores, device, workers", [(2, "cpu", 0), (16, "cpu", 4), (2, "cuda", 2), (64, "cuda", 4)])
