@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from lightdet.backbones import BACKBONES, load_pretrained
 from lightdet.checkpoint import architecture, interrupts_deferred, load_checkpoint, load_weights
-from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_int,
-                          positive_float, positive_int, round_image_size, select_device, unit_interval)
+from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_float,
+                          non_negative_int, positive_float, positive_int, round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
@@ -99,6 +99,9 @@ def parse_args(argv=None):
     p.add_argument("--multi-scale", action="store_true", help="resize each batch to 0.5-1.5 × --img")
     p.add_argument("--single-cls", action="store_true", help="train every class as one class, 'item'")
     p.add_argument("--label-smoothing", type=unit_interval, default=0.0, help="class targets 1 − ε/2 and ε/2")
+    p.add_argument("--gr-ramp", type=non_negative_float, metavar="EPOCHS",
+                   help="objectness target: ramp from 1 to the box's IoU (YOLOv5's gr from 0 to 1) over the first "
+                        f"EPOCHS epochs ({recipe_default('gr_ramp')})")
     p.add_argument("--weights", help="start from a lightdet checkpoint (a new class count re-initialises the head)")
     p.add_argument("--pretrained-backbone", help="timm / official backbone checkpoint for the family's converter")
     p.add_argument("--freeze-backbone-epochs", type=non_negative_int, default=0,
@@ -130,6 +133,8 @@ def resolve_args(args, log=print):
         args.time = None
     elif given_time is not None:   # a budget given replaces the recipe's epochs
         args.epochs = None
+    if args.head == "rtdetr" and args.gr_ramp:
+        raise SystemExit("error: --gr-ramp ramps the anchor head's objectness target; RT-DETR has none")
     args.img = round_image_size(args.img, log=log)
     return args
 
@@ -214,6 +219,8 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
         if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
             images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
         targets = targets.to(device)
+        if args.gr_ramp:
+            criterion.gr = min(step / (args.gr_ramp * iterations), 1.0)
         loss, items = forward_loss(net, criterion, images, targets, args.amp)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: "

@@ -13,9 +13,9 @@ from .heads.rtdetr import RTDETR_RECIPE
 # attention backbones than the best one alone (README).
 RECIPES = {
     "shapes": dict(img=256, batch=16, epochs=None, time=10.0, optimizer="AdamW", lr=2e-3, nominal_batch=16,
-                   warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True),
+                   warmup_iters=100, schedule="cosine", val_every=0, close_mosaic=1, cache=True, gr_ramp=0.0),
     "yolov5": dict(img=640, batch=16, epochs=100, time=None, optimizer="SGD", lr=0.01, nominal_batch=64,
-                   warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False),
+                   warmup_iters=None, schedule="linear", val_every=1, close_mosaic=0, cache=False, gr_ramp=0.0),
 }
 RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's images are 320 px
 # On the built-in `shapes` set a run gets a time budget (`time`, minutes): train.py measures the training speed
@@ -25,7 +25,7 @@ RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's im
 SHAPES_PER_BACKBONE = {
     "cspdarknet": dict(),
     "efficientvit": dict(),
-    "mobilevit": dict(img=192),
+    "mobilevit": dict(img=192, gr_ramp=2.0),
     "mobilenetv3": dict(img=192),
     "emo": dict(img=192),
     "repvit": dict(img=160),
@@ -40,7 +40,8 @@ HEAD_RECIPES = {
     "rtdetr": {key: RTDETR_RECIPE[key] for key in
                ("backbone_lr_scale", "momentum", "final_lr_scale", "grad_clip_norm")},
 }
-HEAD_FLAG_DEFAULTS = {"anchor": {}, "rtdetr": {key: RTDETR_RECIPE[key] for key in ("optimizer", "lr", "schedule")}}
+HEAD_FLAG_DEFAULTS = {"anchor": {},
+                      "rtdetr": {**{key: RTDETR_RECIPE[key] for key in ("optimizer", "lr", "schedule")}, "gr_ramp": 0.0}}
 
 
 def recipe_default(key):

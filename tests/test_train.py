@@ -84,6 +84,14 @@ def test_training_flags_users_of_yolov5_expect(tiny_shapes, tmp_path, monkeypatc
                                        "instances": metrics["per_class"][0]["instances"]}]
 
 
+def test_gr_ramps_over_the_first_epochs(tiny_shapes, tmp_path, monkeypatch):
+    seen, forward_loss = [], train.forward_loss
+    monkeypatch.setattr(train, "forward_loss", lambda net, criterion, *rest: seen.append(criterion.gr)
+                        or forward_loss(net, criterion, *rest))
+    run_train(tiny_shapes, tmp_path / "runs", "--epochs", "3", "--gr-ramp", "1.5")
+    assert seen[-6:] == [0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0]   # 2 iterations per epoch: 3 ramp iterations
+
+
 def test_patience_stops_early(tiny_shapes, tmp_path, monkeypatch, capsys):
     scores = iter([0.5, 0.2, 0.2])
     monkeypatch.setattr(train, "fitness", lambda metrics: next(scores))

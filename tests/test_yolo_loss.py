@@ -116,6 +116,20 @@ def test_no_targets_gives_objectness_loss_only():
     loss.backward()
 
 
+def test_gr_moves_the_objectness_target_from_one_to_the_iou():
+    preds, targets = small_batch()
+    loss = YOLOLoss(ANCHORS, STRIDES, num_classes=3, imgsz=64)
+    items = {}
+    for gr in (0.0, 0.5, 1.0):
+        loss.gr = gr
+        items[gr] = loss(preds, targets)[1]
+    # BCE is linear in its target: halfway in gr is halfway in the objectness term; box and class do not move
+    torch.testing.assert_close(items[0.5][1], (items[0.0][1] + items[1.0][1]) / 2)
+    assert items[0.0][1] != items[1.0][1] and items[0.0][0] == items[1.0][0] and items[0.0][2] == items[1.0][2]
+    empty = [loss(preds, torch.zeros(0, 6))[1][1] for loss.gr in (0.0, 1.0)]
+    assert empty[0] == empty[1]   # where nothing is assigned the target is 0 whatever gr
+
+
 def test_label_smoothing_and_focal_loss_change_only_their_terms():
     preds, targets = small_batch()
     plain = YOLOLoss(ANCHORS, STRIDES, num_classes=3, imgsz=64)(preds, targets)[1]

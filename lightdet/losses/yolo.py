@@ -13,7 +13,8 @@ Assignment, per level, with no learned matching:
    cell is assigned twice (three times on a grid corner), and each counts as a positive. We keep this, to
    reproduce YOLOv5; where one cell gets several objectness targets, the last written wins, as in YOLOv5.
 Losses: box = mean over positives of the chosen IoU loss; objectness = BCE over every anchor of every cell
-against the detached similarity of the assigned box (clamped at 0; 0 where nothing is assigned), weighted per
+against (1 − gr) + gr · the detached similarity of the assigned box (clamped at 0; YOLOv5's gr = 1; 0 where
+nothing is assigned), weighted per
 level by [4.0, 1.0, 0.4]; class = BCE over positives against one-hot targets (label smoothed), only when
 there is more than one class.
 """
@@ -110,6 +111,10 @@ class YOLOLoss(nn.Module):
         self.objectness_similarity = OBJECTNESS_SIMILARITY.get(box_loss, box_loss)
         smoothing = self.hyp["label_smoothing"]  # Müller et al. 2019, arXiv:1906.02629: 1 − ε/2 and ε/2
         self.cls_positive, self.cls_negative = 1.0 - 0.5 * smoothing, 0.5 * smoothing
+        # YOLOv5's model.gr: how much the objectness target follows the predicted box's IoU rather than 1.
+        # Early on the IoU of most boxes is near 0, which teaches "no object" where there is one; train.py can
+        # ramp gr from 0 to 1 (--gr-ramp).
+        self.gr = 1.0
 
     def build_targets(self, preds, targets):
         """Assign `targets` [M, 6] to anchors and cells of every level; returns a LevelTargets per level."""
@@ -164,7 +169,8 @@ class YOLOLoss(nn.Module):
                 lbox = lbox + self.box_regression_loss(pbox, t.box).mean()
 
                 with torch.no_grad():
-                    quality = paired_iou(pbox, t.box, self.objectness_similarity, xywh=True).clamp(min=0)
+                    similarity = paired_iou(pbox, t.box, self.objectness_similarity, xywh=True).clamp(min=0)
+                    quality = (1 - self.gr) + self.gr * similarity
                 _, num_anchors, grid_h, grid_w = objectness_target.shape
                 flat = ((t.image * num_anchors + t.anchor) * grid_h + t.gj) * grid_w + t.gi
                 last = last_write_mask(flat, objectness_target.numel())
