@@ -38,7 +38,8 @@ from tqdm import tqdm
 from lightdet.backbones import BACKBONES, load_pretrained
 from lightdet.checkpoint import architecture, interrupts_deferred, load_checkpoint, load_weights
 from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, increment_path, non_negative_float,
-                          non_negative_int, positive_float, positive_int, round_image_size, select_device, unit_interval)
+                          non_negative_int, positive_float, positive_int, round_image_size, select_device,
+                          unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
@@ -66,8 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--img", type=image_size, help=f"training and validation size ({recipe_default('img')})")
     p.add_argument("--batch", type=positive_int, help=f"total batch, split across DDP processes "
                                                      f"({recipe_default('batch')})")
-    p.add_argument("--epochs", type=positive_int, help="epochs to train; given, they win over --time (default: "
-                                                       f"fitted to --time on shapes, {RECIPES['yolov5']['epochs']} on others)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="epochs to train; given, they win over --time (default: fitted to --time on shapes, "
+                        f"{RECIPES['yolov5']['epochs']} on others)")
     p.add_argument("--time", type=positive_float, metavar="MINUTES",
                    help="time budget: the epochs (and LR schedule) are fitted to it after measuring the training "
                         f"speed on a few batches ({recipe_default('time')})")
@@ -236,8 +238,9 @@ def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args,
                 ema.update(net)
         mean_items = (mean_items * i + items.detach()) / (i + 1)
         memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
-        bar.set_description(f"{label or f'{epoch + 1}/{args.epochs}'} {memory} {describe(criterion.ITEM_NAMES, mean_items)} "
-                            f"targets {len(targets)} img {images.shape[-1]}")
+        bar.set_description(f"{label or f'{epoch + 1}/{args.epochs}'} {memory} "
+                            f"{describe(criterion.ITEM_NAMES, mean_items)} targets {len(targets)} "
+                            f"img {images.shape[-1]}")
     return dict(zip(criterion.ITEM_NAMES, mean_items.tolist()))
 
 
