@@ -1,30 +1,29 @@
 """Train a lightdet detector.
 
     python train.py --backbone mobilevit                    # built-in shapes set and its short CPU recipe
+    python train.py --backbone repvit --time 30 --amp       # 30 minutes in all, bf16 autocast on the CPU
     python train.py --backbone repvit --data datasets/coco128 --img 640 --epochs 100
     python train.py --resume                                # continue the latest run exactly where it stopped
     torchrun --nproc_per_node 4 train.py --backbone emo --data datasets/mydata --device cuda   # DDP, 4 GPUs
     torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 train.py ...      # multi-node
 
-The loop below is YOLOv5's: SGD (nesterov, momentum 0.937) with three parameter groups, warm-up, linear or
-cosine LR decay to lrf = 0.01, gradient accumulation to a nominal batch of 64, an EMA of the weights, AMP on
-CUDA, gradient-norm clipping. The built-in dataset brings its own short recipe (RECIPES); any flag you give
-overrides it. Each epoch reseeds every RNG from (seed, epoch, rank), so a resumed run draws exactly the
-shuffles and augmentations an uninterrupted run would.
+The loop (lightdet/engine.py) is YOLOv5's: SGD (nesterov, momentum 0.937) with three parameter groups,
+warm-up, linear or cosine LR decay to lrf = 0.01, gradient accumulation to a nominal batch of 64, an EMA of the
+weights, AMP (float16 on CUDA, bfloat16 on CPUs with native bf16), gradient-norm clipping. The built-in dataset
+brings its own short recipe and time budget (lightdet/recipes.py); any flag you give overrides it. Each epoch
+reseeds every RNG from (seed, epoch, rank), so a resumed run draws exactly the shuffles and augmentations an
+uninterrupted run would.
 
 Interruptions: weights/last.pt always holds the state after the last completed epoch (before the first, the
 initial state). Ctrl-C leaves it that way (a save in progress finishes first) and a kill cannot corrupt it, so
 `--resume` repeats the interrupted epoch and ends with the same weights as an uninterrupted run.
 """
 import argparse
-import itertools
 import json
 import logging
-import math
 import os
 import random
 import time
-from copy import deepcopy
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,8 +31,6 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from lightdet.backbones import BACKBONES, load_pretrained
 from lightdet.checkpoint import architecture, interrupts_deferred, load_checkpoint, load_weights
@@ -41,6 +38,7 @@ from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, incr
                           non_negative_int, positive_float, positive_int, round_image_size, select_device,
                           unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
+from lightdet.engine import fit_epochs_to_budget, train_one_epoch
 from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
 from lightdet.losses import YOLOLoss
@@ -50,9 +48,10 @@ from lightdet.model import HEADS, build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
 from lightdet.plots import plot_batch, plot_labels
-from lightdet.precision import default_amp, forward_loss, native_bf16
+from lightdet.precision import default_amp, native_bf16
 from lightdet.recipes import HEAD_RECIPES, RECIPES, WARMUP_EPOCHS, recipe_default, recipe_for
 from lightdet.runs import find_last, finish, fitness, open_run_dir, results_row, save_epoch, write_results
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a lightdet detector.", formatter_class=HelpFormatter)
@@ -190,60 +189,6 @@ def wrap(model, rank, device):
                                                      find_unused_parameters=model.config["head"] == "rtdetr")
 
 
-def resize_batch(images, size, stride=32):
-    """Images [B, 3, H, W] resized (bilinear) so the long side is `size`, each side a multiple of `stride`."""
-    factor = size / max(images.shape[2:])
-    shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
-    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False) if factor != 1 else images
-
-
-def describe(names, items):
-    """'box 0.0512 obj 0.0301 cls 0.022': a loss's items by the names its criterion gives them."""
-    return " ".join(f"{name} {float(value):.4g}" for name, value in zip(names, items))
-
-
-def train_one_epoch(net, criterion, optimizer, scaler, ema, loader, epoch, args, accumulate, adjust_lr, label=None):
-    """One pass over `loader` (torchvision's references/detection/engine.py): per iteration the LR of the
-    warm-up and decay, forward (under autocast with --amp) and the loss in float32, backward; an optimizer step
-    with clipped gradients and an EMA update every `accumulate` batches and after the last. The progress bar
-    (shown with an EMA, on the main process) starts with `label`. Returns the loss items' means by name."""
-    device = next(net.parameters()).device
-    cuda, world = device.type == "cuda", dist.get_world_size() if dist.is_initialized() else 1
-    iterations = len(loader)
-    net.train()
-    mean_items = torch.zeros(len(criterion.ITEM_NAMES), device=device)
-    clip = HEAD_RECIPES[args.head]["grad_clip_norm"]
-    bar = tqdm(loader, total=iterations, disable=ema is None, ncols=110, bar_format="{l_bar}{bar:10}{r_bar}")
-    for i, (images, targets, _, _) in enumerate(bar):
-        step = i + iterations * epoch
-        adjust_lr(step)
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
-        if args.multi_scale:   # YOLOv5: a random size from 0.5 to 1.5 × img per batch (targets are normalised)
-            images = resize_batch(images, random.randrange(args.img // 2, args.img * 3 // 2 + 32) // 32 * 32)
-        targets = targets.to(device)
-        if args.gr_ramp:
-            criterion.gr = min(step / (args.gr_ramp * iterations), 1.0)
-        loss, items = forward_loss(net, criterion, images, targets, args.amp)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} iteration {i}: "
-                                     f"{describe(criterion.ITEM_NAMES, items)}; try a lower --lr or check the labels")
-        scaler.scale(loss * world).backward()   # DDP averages gradients over processes
-        if (step + 1) % accumulate == 0 or i == iterations - 1:   # no gradient is carried into the next epoch
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema:
-                ema.update(net)
-        mean_items = (mean_items * i + items.detach()) / (i + 1)
-        memory = f"{torch.cuda.memory_reserved(device) / 2**30:.2f}G" if cuda else "cpu"
-        bar.set_description(f"{label or f'{epoch + 1}/{args.epochs}'} {memory} "
-                            f"{describe(criterion.ITEM_NAMES, mean_items)} targets {len(targets)} "
-                            f"img {images.shape[-1]}")
-    return dict(zip(criterion.ITEM_NAMES, mean_items.tolist()))
-
-
 def train(args):
     """The outline: arguments, data, model and optimizer, the run folder, then the epochs."""
     started = time.monotonic()   # a --time budget counts from here
@@ -307,73 +252,6 @@ def train(args):
     finally:
         if world > 1:
             dist.destroy_process_group()
-
-
-BUDGET_SHARE = 0.95   # of the time left after the speed check, what the epochs are planned to fill
-
-
-def fit_epochs_to_budget(args, data, model, optimizer, criterion, scaler, started, log, batches=12, warmup=3):
-    """--time: the most epochs whose training and validations fit in the minutes left of the budget. The speed
-    is measured on copies of the model, optimizer and loss (the run itself starts untouched), over `batches`
-    training batches after `warmup` untimed ones (the first iterations set up the kernels), including their
-    loading, and over one validation batch. Every process of a DDP run takes rank 0's decision."""
-    model, optimizer, criterion = deepcopy((model, optimizer, criterion))
-    data.train_set.mosaic = not args.rect   # as in the first epoch
-    begin = time.perf_counter()
-    loaded = list(itertools.islice(data.train_loader, batches))
-    load_seconds = time.perf_counter() - begin
-    ema = ModelEMA(model) if data.val_loader is not None else None   # the main process's work, and its bar
-    check = partial(train_one_epoch, model, criterion, optimizer, scaler, ema, epoch=0, args=args,
-                    accumulate=max(round(args.nominal_batch / args.batch), 1), adjust_lr=lambda step: None)
-    check(loader=loaded[:warmup], label="speed check")
-    begin = time.perf_counter()
-    check(loader=loaded, label="speed check")
-    iteration = (load_seconds + time.perf_counter() - begin) / len(loaded)
-    epoch = iteration * len(data.train_loader)
-    validation = validation_seconds(model, data.val_loader, args) if data.val_loader is not None else 0.0
-    left = args.time * 60 - (time.monotonic() - started)
-    # Plan 95% of it: epochs ran a few % slower than the speed check (RepViT: 82 s against 80 s on average), and
-    # checkpoint writes, scoring and the final plots are not measured (a 15-minute run overran by 38 s without).
-    planned = BUDGET_SHARE * left
-    epochs = max(epochs_within(planned, epoch, validation, args.val_every), 1)
-    if dist.is_initialized():
-        decision = [epochs]
-        dist.broadcast_object_list(decision, src=0)
-        epochs = decision[0]
-    validations = validations_in(epochs, args.val_every)
-    log(f"time budget {args.time:g} min, {(args.time * 60 - left) / 60:.1f} spent on setup and the speed check: "
-        f"an epoch takes about {epoch / 60:.2f} min ({iteration:.3f} s × {len(data.train_loader)} iterations), "
-        f"a validation {validation / 60:.2f} min → {epochs} epoch{'s' * (epochs > 1)}, about "
-        f"{(epochs * epoch + validations * validation) / 60:.1f} min (--epochs {epochs} repeats this schedule)")
-    if epochs * epoch + validations * validation > planned:
-        log(f"warning: even one epoch does not fit in --time {args.time:g}; training one")
-    return epochs
-
-
-@torch.inference_mode()
-def validation_seconds(model, val_loader, args):
-    """Seconds for one validation: the EMA model's forward and NMS on the first batch (after one untimed),
-    times the number of batches."""
-    model.eval()
-    images, *_ = next(iter(val_loader))
-    images = images.to(next(model.parameters()).device, memory_format=torch.channels_last).float() / 255
-    model.postprocess(model(images)[0].float(), 0.001, 0.6, 300, multi_label=True)
-    begin = time.perf_counter()
-    model.postprocess(model(images)[0].float(), 0.001, 0.6, 300, multi_label=True)
-    return (time.perf_counter() - begin) * len(val_loader)
-
-
-def validations_in(epochs, val_every):
-    """How many validations a run of `epochs` makes: every `val_every` epochs (0: none) and after the last."""
-    return (epochs - 1) // val_every + 1 if val_every else 1
-
-
-def epochs_within(seconds, epoch_seconds, validation_seconds, val_every):
-    """The most epochs whose training and validations take at most `seconds` (0 when not even one fits)."""
-    epochs = 0
-    while (epochs + 1) * epoch_seconds + validations_in(epochs + 1, val_every) * validation_seconds <= seconds:
-        epochs += 1
-    return epochs
 
 
 def build_data(args, device, rank, world):

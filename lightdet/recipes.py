@@ -1,8 +1,8 @@
 """Training recipes: the defaults that `train.py` fills in for every flag the command line leaves unset.
 
 A recipe depends on the dataset (the built-in `shapes` sets train briefly on a CPU, user datasets with
-YOLOv5's recipe), on the backbone (on `shapes`, how long each family can train in about ten minutes) and on the
-head (RT-DETR brings its own optimiser settings). A flag given on the command line always wins.
+YOLOv5's recipe), on the backbone (on `shapes`: its image size, time budget and objectness ramp) and on the head
+(RT-DETR brings its own optimiser settings). A flag given on the command line always wins.
 """
 from .heads.rtdetr import RTDETR_RECIPE
 
@@ -21,12 +21,12 @@ RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's im
 # On the built-in `shapes` set a run gets a time budget (`time`, minutes): train.py measures the training speed
 # at the start and fits its epochs and LR schedule into it. Learning is slow for the first few epochs, so the
 # depthwise-heavy backbones, slow at 256 px, train on smaller images, where they run much faster and get the
-# epochs they need. MobileViT and RepViT need about 11 epochs to reach mAP50 0.5, which takes 15 minutes on the
-# 2-core development CPU; MobileViT's objectness also learns faster with the `gr` ramp (4-epoch proxies, README).
+# epochs they need. MobileViT and RepViT need 10-11 epochs or more, which take 15 minutes on the 2-core development
+# CPU (README).
 SHAPES_PER_BACKBONE = {
     "cspdarknet": dict(),
     "efficientvit": dict(),
-    "mobilevit": dict(img=192, time=15.0, gr_ramp=2.0),
+    "mobilevit": dict(img=192, time=15.0),
     "mobilenetv3": dict(img=192),
     "emo": dict(img=192),
     "repvit": dict(img=160, time=15.0),

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from lightdet import engine  # noqa: E402
 from lightdet.checkpoint import interrupts_deferred, load_checkpoint, save_checkpoint  # noqa: E402
 from lightdet.data import generate_shapes  # noqa: E402
 
@@ -78,7 +79,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tiny_shapes, straight, tmp_path, monke
 def test_a_time_budget_is_decided_once_recorded_and_resumed_exactly(tiny_shapes, straight, tmp_path, monkeypatch,
                                                                     capsys):
     decided, set_lr = [], train.set_learning_rate
-    monkeypatch.setattr(train, "epochs_within", lambda *args: decided.append(args) or 2)
+    monkeypatch.setattr(engine, "epochs_within", lambda *args: decided.append(args) or 2)
 
     def interrupt_in_epoch_2(optimizer, step, *rest, **kw):
         if step == 3:
@@ -95,7 +96,7 @@ def test_a_time_budget_is_decided_once_recorded_and_resumed_exactly(tiny_shapes,
     last = load_checkpoint(tmp_path / "exp" / "weights" / "last.pt")
     assert last["epoch"] == 0 and (last["args"]["epochs"], last["args"]["time"]) == (2, 5.0)
     monkeypatch.setattr(train, "set_learning_rate", set_lr)
-    monkeypatch.setattr(train, "epochs_within", lambda *args: pytest.fail("a resumed run decided again"))
+    monkeypatch.setattr(engine, "epochs_within", lambda *args: pytest.fail("a resumed run decided again"))
     resume_and_compare(tmp_path / "exp", straight)   # the schedule of --epochs 2, to the last bit
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 import eval as eval_script  # noqa: E402  (the repository's eval.py, not the builtin)
 import predict  # noqa: E402
 import train  # noqa: E402
+from lightdet import engine  # noqa: E402
 from lightdet.backbones import DEFAULT_VARIANT  # noqa: E402
 from lightdet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from lightdet.data import generate_shapes  # noqa: E402
@@ -62,8 +63,8 @@ def test_train_eval_predict_every_family(family, head, tiny_shapes, tmp_path, ca
 
 def test_training_flags_users_of_yolov5_expect(tiny_shapes, tmp_path, monkeypatch, capsys):
     sizes, built, smoothing = [], [], []
-    resize = train.resize_batch
-    monkeypatch.setattr(train, "resize_batch", lambda images, size: sizes.append(size) or resize(images, size))
+    resize = engine.resize_batch
+    monkeypatch.setattr(engine, "resize_batch", lambda images, size: sizes.append(size) or resize(images, size))
     build = train.build_dataset
     monkeypatch.setattr(train, "build_dataset", lambda *a, **k: built.append(k.get("rect")) or build(*a, **k))
     loss = train.YOLOLoss
@@ -85,8 +86,8 @@ def test_training_flags_users_of_yolov5_expect(tiny_shapes, tmp_path, monkeypatc
 
 
 def test_gr_ramps_over_the_first_epochs(tiny_shapes, tmp_path, monkeypatch):
-    seen, forward_loss = [], train.forward_loss
-    monkeypatch.setattr(train, "forward_loss", lambda net, criterion, *rest: seen.append(criterion.gr)
+    seen, forward_loss = [], engine.forward_loss
+    monkeypatch.setattr(engine, "forward_loss", lambda net, criterion, *rest: seen.append(criterion.gr)
                         or forward_loss(net, criterion, *rest))
     run_train(tiny_shapes, tmp_path / "runs", "--epochs", "3", "--gr-ramp", "1.5")
     assert seen[-6:] == [0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0]   # 2 iterations per epoch: 3 ramp iterations
@@ -152,11 +153,11 @@ def test_epochs_or_a_time_budget(flags, epochs, time):
 
 def test_epochs_within_a_budget():
     # 100 s: epochs of 18 s; one validation of 6 s at the end, or after every epoch, or every second epoch
-    assert train.epochs_within(100, 18, 6, val_every=0) == 5      # 5 · 18 + 6 = 96
-    assert train.epochs_within(100, 18, 6, val_every=1) == 4      # 4 · 24 = 96; 5 · 24 = 120
-    assert train.epochs_within(100, 18, 6, val_every=2) == 4      # 5 · 18 + 3 · 6 = 108 > 100
-    assert train.epochs_within(23, 18, 6, val_every=0) == 0       # not even one
-    assert [train.validations_in(e, 2) for e in (1, 2, 3, 4)] == [1, 1, 2, 2]
+    assert engine.epochs_within(100, 18, 6, val_every=0) == 5      # 5 · 18 + 6 = 96
+    assert engine.epochs_within(100, 18, 6, val_every=1) == 4      # 4 · 24 = 96; 5 · 24 = 120
+    assert engine.epochs_within(100, 18, 6, val_every=2) == 4      # 5 · 18 + 3 · 6 = 108 > 100
+    assert engine.epochs_within(23, 18, 6, val_every=0) == 0       # not even one
+    assert [engine.validations_in(e, 2) for e in (1, 2, 3, 4)] == [1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("cores, device, workers", [(2, "cpu", 0), (16, "cpu", 4), (2, "cuda", 2), (64, "cuda", 4)])
