@@ -41,8 +41,7 @@ from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.engine import fit_epochs_to_budget, train_one_epoch
 from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
-from lightdet.losses import YOLOLoss
-from lightdet.losses.detr import RTDETRLoss
+from lightdet.losses import build_loss
 from lightdet.losses.yolo import BOX_LOSSES
 from lightdet.model import HEADS, build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
@@ -291,11 +290,8 @@ def build_training(args, names, device, checkpoint, log):
     head = HEAD_RECIPES[args.head]
     optimizer = build_optimizer(model, args.optimizer, args.lr, head["momentum"], weight_decay,
                                 backbone_lr_scale=head["backbone_lr_scale"])
-    if args.head == "rtdetr":
-        criterion = RTDETRLoss(len(names))
-    else:
-        criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, len(names), box_loss=args.box_loss,
-                             imgsz=args.img, hyp={"label_smoothing": args.label_smoothing}).to(device)
+    criterion = build_loss(model, len(names), args.img, args.box_loss,
+                           hyp={"label_smoothing": args.label_smoothing}).to(device)
     ema = ModelEMA(model) if not dist.is_initialized() or dist.get_rank() == 0 else None
     # saved with the weights, so that last.pt is the whole truth about the run
     progress = {"epoch": -1, "best_fitness": 0.0, "best_epoch": -1, "results": []}

@@ -30,8 +30,7 @@ import torch
 from .backbones import BACKBONES, DEFAULT_VARIANT, VARIANTS
 from .cli import HelpFormatter, image_size, non_negative_int, positive_int, round_image_size
 from .layers import SCALES
-from .losses import YOLOLoss
-from .losses.detr import RTDETRLoss
+from .losses import build_loss
 from .model import HEADS, Detector, build_model, model_info
 from .necks import NECK_OPTIONS
 from .optim import build_optimizer
@@ -78,10 +77,7 @@ def training_images_per_second(build_kwargs, imgsz, batch, amp, runs, warmup):
     """Images per second of a training step on `batch` random images with three random boxes each."""
     torch.manual_seed(0)
     model = build_model(num_classes=SHAPES_CLASSES, **build_kwargs).train().to(memory_format=torch.channels_last)
-    if model.config["head"] == "rtdetr":
-        criterion = RTDETRLoss(SHAPES_CLASSES)
-    else:
-        criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, SHAPES_CLASSES, imgsz=imgsz)
+    criterion = build_loss(model, SHAPES_CLASSES, imgsz)
     optimizer = build_optimizer(model, "AdamW", lr=1e-4)
     images = torch.rand(batch, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
     boxes = torch.rand(batch * 3, 4) * torch.tensor([0.6, 0.6, 0.3, 0.3]) + torch.tensor([0.2, 0.2, 0.05, 0.05])

@@ -8,7 +8,7 @@ from torch import nn
 from conftest import randomize_batchnorm
 from lightdet.backbones import BACKBONES, DEFAULT_VARIANT, VARIANTS, build_backbone
 from lightdet.layers import fuse_modules
-from lightdet.losses import YOLOLoss
+from lightdet.losses import build_loss
 from lightdet.model import build_model
 from lightdet.necks import NECK_OPTIONS
 
@@ -51,7 +51,7 @@ def test_detector_loss_reaches_every_parameter(name, block, attention):
     for p in model.parameters():
         if not p.any():
             p.data.normal_(0, 0.1)
-    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, 3, imgsz=96)
+    criterion = build_loss(model, 3, imgsz=96)
     targets = torch.tensor([[0, 0, 0.3, 0.4, 0.2, 0.3], [1, 2, 0.6, 0.5, 0.5, 0.6]])
     loss, items = criterion(model(torch.rand(2, 3, 64, 96)), targets)
     loss.backward()

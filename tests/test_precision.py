@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from lightdet.backbones import DEFAULT_VARIANT
-from lightdet.losses import YOLOLoss
-from lightdet.losses.detr import RTDETRLoss
+from lightdet.losses import build_loss
 from lightdet import precision
 from lightdet.model import build_model
 
@@ -37,18 +36,12 @@ def test_bf16_is_on_by_default_only_where_native_and_faster(native, monkeypatch)
     assert precision.default_amp(CPU, "cspdarknet", head="rtdetr") is False   # measured with the anchor head only
 
 
-def criterion_for(model, num_classes, imgsz):
-    if model.config["head"] == "rtdetr":
-        return RTDETRLoss(num_classes)
-    return YOLOLoss(model.head.anchors.tolist(), model.head.strides, num_classes, imgsz=imgsz)
-
-
 @pytest.mark.parametrize("backbone, head", [(family, "anchor") for family in DEFAULT_VARIANT]
                          + [("mobilenetv3_small", "rtdetr")])
 def test_a_bf16_training_step_is_finite_and_stays_float32(backbone, head):
     torch.manual_seed(0)
     model = build_model(backbone, num_classes=3, head=head).train().to(memory_format=torch.channels_last)
-    criterion = criterion_for(model, 3, 64)
+    criterion = build_loss(model, 3, 64)
     images = torch.rand(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
     targets = torch.tensor([[0, 0, 0.3, 0.4, 0.3, 0.4], [0, 2, 0.7, 0.6, 0.4, 0.5], [1, 1, 0.5, 0.5, 0.6, 0.7]])
     state = {key: value.clone() for key, value in model.state_dict().items()}

@@ -19,7 +19,7 @@ from lightdet import engine  # noqa: E402
 from lightdet.backbones import DEFAULT_VARIANT  # noqa: E402
 from lightdet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from lightdet.data import generate_shapes  # noqa: E402
-from lightdet.losses import YOLOLoss  # noqa: E402
+from lightdet.losses import build_loss  # noqa: E402
 from lightdet.model import build_model  # noqa: E402
 
 
@@ -67,8 +67,8 @@ def test_training_flags_users_of_yolov5_expect(tiny_shapes, tmp_path, monkeypatc
     monkeypatch.setattr(engine, "resize_batch", lambda images, size: sizes.append(size) or resize(images, size))
     build = train.build_dataset
     monkeypatch.setattr(train, "build_dataset", lambda *a, **k: built.append(k.get("rect")) or build(*a, **k))
-    loss = train.YOLOLoss
-    monkeypatch.setattr(train, "YOLOLoss",
+    loss = train.build_loss
+    monkeypatch.setattr(train, "build_loss",
                         lambda *a, **k: smoothing.append(k["hyp"]["label_smoothing"]) or loss(*a, **k))
     model, metrics, run_dir = run_train(tiny_shapes, tmp_path / "runs", "--epochs", "2", "--fraction", "0.5",
                                         "--single-cls", "--label-smoothing", "0.1", "--rect", "--multi-scale",
@@ -105,7 +105,7 @@ def test_patience_stops_early(tiny_shapes, tmp_path, monkeypatch, capsys):
 def test_loss_falls_on_a_repeated_batch():
     torch.manual_seed(0)
     model = build_model("cspdarknet", num_classes=2).train()
-    criterion = YOLOLoss(model.head.anchors.tolist(), model.head.strides, 2, imgsz=64)
+    criterion = build_loss(model, 2, imgsz=64)
     images = torch.rand(2, 3, 64, 64)
     targets = torch.tensor([[0, 0, 0.3, 0.3, 0.2, 0.3], [0, 1, 0.7, 0.6, 0.4, 0.2], [1, 1, 0.5, 0.5, 0.5, 0.5]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
