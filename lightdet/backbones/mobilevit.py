@@ -7,7 +7,6 @@ their patch (four sequences of a quarter of the pixels each), so every pixel get
 at a quarter of full self-attention's cost. The result is folded back, concatenated with the block's input
 and fused by a 3×3 conv. The rest of the network is MobileNetV2 inverted residuals ("MV2").
 """
-import math
 import re
 from functools import partial
 from typing import NamedTuple
@@ -194,18 +193,16 @@ class MobileViT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """timm's initialisation of this network (byobnet `_init_weights`): He-normal convs over fan-out, and
-        linear layers of std 0.01, so that every transformer layer starts close to the identity."""
+        """Linear layers of std 0.01, as timm initialises them, so that every transformer layer starts close to the
+        identity. The convolutions keep PyTorch's default (uniform, std 1/√(3·fan_in)) instead of timm's He-normal
+        over fan-out, whose weights are 1.1-3.5× larger: behind BatchNorm only the direction of a weight counts,
+        and AdamW's steps turn larger weights more slowly. Trained from scratch on `shapes`, that made MobileViT's
+        box loss fall faster and its 15-minute run reach mAP50 0.537 instead of 0.481 (README)."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
-            else:
-                continue
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x):
         # Channels-last inside: on CPU, oneDNN runs the wide-map depthwise and 1×1 convs up to ten times faster
