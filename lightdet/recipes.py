@@ -1,7 +1,7 @@
 """Training recipes: the defaults that `train.py` fills in for every flag the command line leaves unset.
 
 A recipe depends on the dataset (the built-in `shapes` sets train briefly on a CPU, user datasets with
-YOLOv5's recipe), on the backbone (on `shapes`: its image size, time budget and objectness ramp) and on the head
+YOLOv5's recipe), on the backbone (on `shapes`: its image size, batch and time budget) and on the head
 (RT-DETR brings its own optimiser settings). A flag given on the command line always wins.
 """
 from .heads.rtdetr import RTDETR_RECIPE
