@@ -15,6 +15,7 @@ from lightdet.cli import (DEVICE_HELP, HelpFormatter, fraction, image_size, non_
                           round_image_size, select_device, unit_interval)
 from lightdet.data import build_dataloader, build_dataset, resolve_data
 from lightdet.evaluate import evaluate, format_table, merge_classes
+from lightdet.memory import keep_freed_memory
 from lightdet.runtime import load_detector
 
 
@@ -42,6 +43,7 @@ def parse_args(argv=None):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # the dataset scan's summary
     args = parse_args(argv)
+    keep_freed_memory()
     device = select_device(args.device)
     try:
         model, record = load_detector(args.weights)   # a .onnx file runs in ONNX Runtime

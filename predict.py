@@ -27,6 +27,7 @@ from lightdet.cli import (DEVICE_HELP, HelpFormatter, image_size, increment_path
 from lightdet.data.augment import letterbox_layout, render
 from lightdet.data.images import check_image, read_image
 from lightdet.data.sources import list_images
+from lightdet.memory import keep_freed_memory
 from lightdet.plots import draw_detections
 from lightdet.runtime import load_detector
 
@@ -98,6 +99,7 @@ def read_upright(path):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_freed_memory()
     device = select_device(args.device)
     paths = find_images(args.source)
     try:

@@ -43,6 +43,7 @@ from lightdet.evaluate import evaluate, format_table, merge_classes
 from lightdet.layers import SCALES
 from lightdet.losses import build_loss
 from lightdet.losses.yolo import BOX_LOSSES
+from lightdet.memory import keep_freed_memory
 from lightdet.model import HEADS, build_model
 from lightdet.necks import NECK_ATTENTIONS, NECK_BLOCKS
 from lightdet.optim import ModelEMA, build_optimizer, set_learning_rate
@@ -387,6 +388,7 @@ def training_state(model, ema, optimizer, criterion, progress, names, args):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")   # the dataset scan's summary
     args = parse_args(argv)
+    keep_freed_memory()
     try:
         train(args)
     except (FileNotFoundError, ValueError, FloatingPointError) as error:

@@ -31,6 +31,7 @@ from .backbones import BACKBONES, DEFAULT_VARIANT, VARIANTS
 from .cli import HelpFormatter, image_size, non_negative_int, positive_int, round_image_size
 from .layers import SCALES
 from .losses import build_loss
+from .memory import keep_freed_memory
 from .model import HEADS, Detector, build_model, model_info
 from .necks import NECK_OPTIONS
 from .optim import build_optimizer
@@ -163,6 +164,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if args.img:
         args.img = round_image_size(args.img)
     elif args.part != "train":
