@@ -21,14 +21,14 @@ RECIPES["shapes-hard"] = {**RECIPES["shapes"], "img": 320}   # the hard set's im
 # On the built-in `shapes` set a run gets a time budget (`time`, minutes): train.py measures the training speed
 # at the start and fits its epochs and LR schedule into it. Learning is slow for the first few epochs, so the
 # depthwise-heavy backbones, slow at 256 px, train on smaller images, where they run much faster and get the
-# epochs they need. MobileNetV3, MobileViT and RepViT need more epochs than 10 minutes give on the 2-core
-# development CPU, so they get 15 (README). MobileViT also trains at batch 8: its epoch takes as long as at 16 on
-# that CPU, and twice the updates lifted its run from mAP50 0.414 to 0.481.
+# epochs they need. MobileViT and RepViT need more epochs than 10 minutes give on the 2-core development CPU,
+# so they get 15 (README). MobileViT also trains at batch 8: its epoch takes as long as at 16 on that CPU, and
+# twice the updates lifted its run from mAP50 0.414 to 0.481.
 SHAPES_PER_BACKBONE = {
     "cspdarknet": dict(),
     "efficientvit": dict(),
     "mobilevit": dict(img=192, time=15.0, batch=8, nominal_batch=8),
-    "mobilenetv3": dict(img=192, time=15.0),
+    "mobilenetv3": dict(img=192),
     "emo": dict(img=192),
     "repvit": dict(img=160, time=15.0),
 }
