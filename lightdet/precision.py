@@ -12,8 +12,8 @@ import torch
 # One training step (forward, YOLOv5 loss, backward, AdamW) at batch 16 and the family's `shapes` recipe size,
 # bf16 autocast against float32, on the 2-core AVX512-BF16 development CPU: `python -m lightdet.benchmark
 # --part train` (README). Dense convolutions gain; depthwise convolutions and attention on small maps lose.
-BF16_SPEEDUP = {"cspdarknet": 1.53, "repvit": 1.33, "efficientvit": 1.07, "mobilenetv3": 0.84, "mobilevit": 0.70,
-                "emo": 0.73}
+BF16_SPEEDUP = {"cspdarknet": 1.46, "repvit": 1.28, "efficientvit": 1.04, "mobilenetv3": 0.86, "mobilevit": 0.84,
+                "emo": 0.63}
 # Below this, the step time gained is within run-to-run noise and not worth the rounding.
 BF16_MIN_SPEEDUP = 1.1
 X86_FLAGS = ("avx512_bf16", "amx_bf16")
