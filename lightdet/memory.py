@@ -18,8 +18,8 @@ NEVER = 2**31 - 1                        # the largest value mallopt takes
 
 def keep_freed_memory():
     """Tell glibc's malloc to serve every block from the heap and never give the heap back. Returns whether it
-    was applied: only on glibc (Linux); elsewhere the system's allocator is left as it is."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    was applied: only with glibc (Linux); elsewhere the system's allocator is left as it is."""
+    if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER))
